@@ -1,0 +1,168 @@
+"""Atomic checkpoints and resume.
+
+A checkpoint is a folder ``checkpoints/step_<N>/`` holding
+
+- ``model.safetensors`` (+ ``config.json`` and tokenizer files: a loadable HF model folder),
+- ``optimizer.pt`` (the torch optimizer state),
+- ``rng.safetensors`` (torch CPU/CUDA and sampler generator states),
+- ``trainer_state.json`` (step, phase, evaluations, python RNG, and the ``state_dict()`` of
+  every stateful component: curriculum, balancer, guards, ...).
+
+It is written into ``checkpoints/.tmp-step_<N>`` and renamed into place, so a folder named
+``step_<N>`` is always complete; a crash mid-write leaves only a ``.tmp-`` folder behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+CKPT_DIR = "checkpoints"
+
+
+def _numpy_state_to_json() -> list:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
+
+
+def _numpy_state_from_json(s: list) -> None:
+    np.random.set_state((s[0], np.asarray(s[1], dtype=np.uint32), s[2], s[3], s[4]))
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    generators: dict[str, torch.Generator],
+    keep: int = 2,
+) -> Path:
+    """Write ``checkpoints/step_<step>`` atomically and prune to the newest ``keep``."""
+    root = Path(run_dir) / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step}"
+    tmp = root / f".tmp-step_{step}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"torch_cuda_{i}"] = s
+    for name, g in generators.items():
+        rng[f"gen_{name}"] = g.get_state()
+    save_file({k: v.contiguous() for k, v in rng.items()}, tmp / "rng.safetensors")
+    full_state = {
+        **state,
+        "step": step,
+        "python_random": _py_state(),
+        "numpy_random": _numpy_state_to_json(),
+    }
+    (tmp / "trainer_state.json").write_text(json.dumps(full_state, indent=1))
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _py_state() -> list:
+    v, s, g = random.getstate()
+    return [v, list(s), g]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(run_dir) / CKPT_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("step_") and (p / "trainer_state.json").is_file():
+            try:
+                found.append((int(p.name.split("_", 1)[1]), p))
+            except ValueError:
+                continue
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    generators: dict[str, torch.Generator],
+) -> dict[str, Any]:
+    """Restore weights, global RNGs and generator states; returns the trainer state.
+
+    The optimizer is restored by the caller (it may need building first) from
+    ``path / "optimizer.pt"``.
+    """
+    from safetensors.torch import load_model
+
+    missing, unexpected = load_model(model, path / "model.safetensors", strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")}
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(
+            f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    rng = load_file(path / "rng.safetensors")
+    torch.set_rng_state(rng["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    for name, g in generators.items():
+        if f"gen_{name}" in rng:
+            g.set_state(rng[f"gen_{name}"])
+    state = json.loads((path / "trainer_state.json").read_text())
+    v, s, g = state["python_random"]
+    random.setstate((v, tuple(s), g))
+    _numpy_state_from_json(state["numpy_random"])
+    return state
+
+
+def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> bool:
+    f = path / "optimizer.pt"
+    if not f.is_file():
+        return False
+    optimizer.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+    return True

@@ -1,0 +1,45 @@
+"""Per-token log-probabilities of completions under a model (teacher-forced forward)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from steerl.rollout import Rollout, position_ids_from_mask
+
+
+def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[targets]`` without keeping a full (N, T, V) log-softmax.
+
+    logits: (N, T, V) any float dtype; targets: (N, T) -> (N, T) float32.
+    Rows are processed one at a time, so the float32 upcast never holds more than (T, V).
+    """
+    out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    for i in range(logits.shape[0]):
+        row = logits[i].float()
+        out[i] = row.gather(-1, targets[i, :, None]).squeeze(-1) - row.logsumexp(-1)
+    return out
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each position's distribution: (N, T, V) -> (N, T)."""
+    logp = logits.float().log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def completion_logprobs(
+    model: PreTrainedModel, batch: Rollout, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities (N, T) of ``batch.completion_ids`` given the prompts.
+
+    Returns ``(logprobs, entropy)``; entropy is ``None`` unless asked for.
+    """
+    ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
+    mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
+    pos = position_ids_from_mask(mask)
+    p, t = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+    logits = logits[:, p - 1 : p - 1 + t, :]
+    lp = gather_logprobs(logits, batch.completion_ids)
+    ent = entropy_from_logits(logits.detach()) if with_entropy else None
+    return lp, ent

@@ -1,0 +1,30 @@
+"""Rewards: the protocol (:mod:`steerl.rewards.base`), built-ins and the combined reward set.
+
+A reward is ``fn(prompts, completions, **fields) -> list[float | None]`` (or a
+:class:`RewardOutput` with extra metrics); ``None`` means "could not score". Register one with
+``@reward("name")`` or name it in a recipe as ``package.module:function``.
+"""
+
+from steerl.rewards import builtins  # noqa: F401 - registers the built-in rewards
+from steerl.rewards.base import REWARDS, RewardFn, RewardOutput, reward
+from steerl.rewards.combine import (
+    BoundReward,
+    RewardFailure,
+    RewardResult,
+    RewardSet,
+    bind_reward,
+    build_rewards,
+)
+
+__all__ = [
+    "REWARDS",
+    "BoundReward",
+    "RewardFailure",
+    "RewardFn",
+    "RewardOutput",
+    "RewardResult",
+    "RewardSet",
+    "bind_reward",
+    "build_rewards",
+    "reward",
+]

@@ -1,0 +1,509 @@
+"""The training loop: SFT warm-up, then GRPO steps that read as the flow in DESIGN.md.
+
+    curriculum.sample -> rollout.generate -> rewards.score -> advantages -> curriculum.update
+    -> losses -> balancer.combine (backward) -> stability -> optimizer.step -> log/eval/save
+
+The trainer only wires components; each owns its state (``state_dict()``), and the
+checkpoint gathers them so a restarted run resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from steerl import checkpoint as ckpt
+from steerl.config import Config, RewardSpec
+from steerl.curriculum import build_curriculum, informative_groups
+from steerl.logging import ConsoleProgress, MetricLogger
+from steerl.logprobs import completion_logprobs
+from steerl.losses import LossInputs, build_policy_loss, sft_loss
+from steerl.models import load_policy, make_reference
+from steerl.objectives import build_balancer, group_advantages, weighted_sum
+from steerl.rewards import build_rewards
+from steerl.rollout import Rollout, decode_completions, encode_prompts, generate
+from steerl.schedules import WarmupDecay
+from steerl.stability import NonFiniteGuard, grad_norm_and_clip
+from steerl.tasks import Prompt, build_task
+
+
+class Callback:
+    """Hooks into the loop; override what you need. ``trainer.should_stop = True`` stops."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer, step: int, metrics: dict[str, Any]) -> None: ...
+    def on_evaluate(self, trainer: Trainer, step: int, accuracy: dict[str, float]) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+@dataclass
+class TrainerState:
+    """Progress of the run (saved in trainer_state.json)."""
+
+    global_step: int = 0  # warm-up steps + RL steps done
+    warmup_step: int = 0
+    rl_step: int = 0
+    warmup_eval: dict[str, float] | None = None  # greedy accuracy per level after warm-up
+    final_eval: dict[str, float] | None = None
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    wall_seconds: float = 0.0  # accumulated over resumed segments
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, callbacks: list[Callback] | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.callbacks = list(callbacks or [])
+        self.should_stop = False
+        threads = cfg.train.threads or min(4, torch.get_num_threads())
+        torch.set_num_threads(threads)
+        set_seed(cfg.train.seed)
+
+        # Components, each owning one job and its state.
+        self.task = build_task(cfg)
+        self.rewards = build_rewards(cfg.rewards)
+        eval_spec = cfg.rewards[0]
+        self.eval_rewards = build_rewards([RewardSpec(name=eval_spec.name, args=eval_spec.args)])
+        self.policy = load_policy(cfg.model)
+        self.model = self.policy.model
+        self.tokenizer = self.policy.tokenizer
+        self.device = self.policy.device
+        self.reference = make_reference(self.policy, cfg.model, cfg.loss.kl_coef)
+        self.loss = build_policy_loss(cfg.loss)
+        self.balancer = build_balancer(cfg.objectives)
+        self.curriculum = build_curriculum(cfg.curriculum, self.task.train, cfg.train.seed)
+        self.guard = NonFiniteGuard(
+            cfg.stability.skip_nonfinite, cfg.stability.max_consecutive_skips
+        )
+        self.lr_schedule = WarmupDecay(
+            cfg.schedule.name, cfg.train.steps, cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio
+        )
+        self.sampler = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
+        self.demo_rng = random.Random(cfg.train.seed + 1)
+        self.state = TrainerState()
+        self.optimizer = self._make_optimizer("warmup" if cfg.warmup.steps else "rl")
+
+    # ------------------------------------------------------------------ setup helpers
+    def _make_optimizer(self, phase: str) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if phase == "warmup":
+            return torch.optim.AdamW(params, lr=self.cfg.warmup.lr, weight_decay=0.0)
+        if o.name == "sgd":
+            return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay)
+        cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+        return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+
+    @property
+    def phase(self) -> str:
+        return "warmup" if self.state.warmup_step < self.cfg.warmup.steps else "rl"
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.warmup.steps + self.cfg.train.steps
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"sampler": self.sampler}
+
+    def component_states(self) -> dict[str, Any]:
+        return {
+            "curriculum": self.curriculum.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "guard": self.guard.state_dict(),
+            "demo_rng": list(_rng_json(self.demo_rng)),
+        }
+
+    # ------------------------------------------------------------------ resume / save
+    def resume(self) -> bool:
+        """Restore the newest complete checkpoint in the run directory, if any."""
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is None:
+            return False
+        state = ckpt.load_checkpoint(path, self.model, self._generators())
+        comps = state["components"]
+        self.curriculum.load_state_dict(comps["curriculum"])
+        self.balancer.load_state_dict(comps["balancer"])
+        self.guard.load_state_dict(comps["guard"])
+        v, s, g = comps["demo_rng"]
+        self.demo_rng.setstate((v, tuple(s), g))
+        self.state = TrainerState(**state["trainer"])
+        self.optimizer = self._make_optimizer(self.phase)
+        ckpt.load_optimizer(path, self.optimizer)
+        return True
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(
+            self.run_dir,
+            self.state.global_step,
+            self.model,
+            self.tokenizer,
+            self.optimizer,
+            {"trainer": asdict(self.state), "components": self.component_states()},
+            self._generators(),
+            keep=self.cfg.train.keep_checkpoints,
+        )
+
+    # ------------------------------------------------------------------ batches
+    def make_batch(self, prompts: list[str], completions: list[str]) -> Rollout:
+        """Teacher-forcing batch: prompts left-padded, completions + EOS right-padded."""
+        tok = self.tokenizer
+        p_ids, p_mask = encode_prompts(tok, prompts, self.device, self.cfg.model.chat_template)
+        comp = tok(completions, add_special_tokens=False).input_ids
+        t = max(len(c) for c in comp) + 1
+        ids = torch.full((len(comp), t), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(comp), t), dtype=torch.long)
+        for i, c in enumerate(comp):
+            ids[i, : len(c) + 1] = torch.tensor([*c, tok.eos_token_id])
+            mask[i, : len(c) + 1] = 1
+        zeros = torch.zeros(ids.shape, dtype=torch.float32)
+        trunc = torch.zeros(len(comp), dtype=torch.bool)
+        return Rollout(
+            p_ids, p_mask, ids.to(self.device), mask.to(self.device), zeros.to(self.device), trunc
+        )
+
+    # ------------------------------------------------------------------ warm-up (SFT)
+    def warmup_step(self) -> dict[str, Any]:
+        """One SFT step on demonstrations of the warm-up levels."""
+        w = self.cfg.warmup
+        pool = self._warmup_pool()
+        prompts = [pool[self.demo_rng.randrange(len(pool))] for _ in range(w.batch_size)]
+        demos = [self.task.demonstration(p, self.demo_rng) for p in prompts]
+        batch = self.make_batch([p.text for p in prompts], demos)
+        lr = w.lr * WarmupDecay("cosine", w.steps, 0, 0.1).value(self.state.warmup_step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        lp, _ = completion_logprobs(self.model, batch)
+        loss, _ = sft_loss(lp, batch.completion_mask, float(batch.completion_mask.sum()))
+        loss.backward()
+        pre, _ = grad_norm_and_clip(self.model.parameters(), self.cfg.stability.max_grad_norm)
+        self.optimizer.step()
+        self.state.warmup_step += 1
+        return {
+            "phase": "warmup",
+            "warmup/loss": float(loss.detach()),
+            "warmup/lr": lr,
+            "warmup/grad_norm": pre,
+        }
+
+    def _warmup_pool(self) -> list[Prompt]:
+        if not hasattr(self, "_pool"):
+            levels = set(self.cfg.warmup.levels)
+            self._pool = [p for p in self.task.train if p.level in levels] or self.task.train
+        return self._pool
+
+    # ------------------------------------------------------------------ one RL step
+    def rl_step(self) -> dict[str, Any]:
+        cfg, step = self.cfg, self.state.rl_step
+        B, G = cfg.rollout.prompts_per_step, cfg.rollout.group_size
+        m: dict[str, Any] = {"phase": "rl"}
+        t0 = time.perf_counter()
+
+        # 1. curriculum: which prompts
+        prompts = self.curriculum.sample(B, step)
+
+        # 2. rollout: G completions per prompt
+        texts = [p.text for p in prompts for _ in range(G)]
+        p_ids, p_mask = encode_prompts(self.tokenizer, texts, self.device, cfg.model.chat_template)
+        batch = generate(
+            self.model,
+            p_ids,
+            p_mask,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            generator=self.sampler,
+        )
+        completions = decode_completions(self.tokenizer, batch)
+        t_gen = time.perf_counter() - t0
+
+        # 3. rewards: one column per named reward, combined into one scalar per sample
+        fields = _prompt_fields([p for p in prompts for _ in range(G)])
+        scored = self.rewards.score(texts, completions, fields, step)
+        reward = weighted_sum(scored.scores, scored.weights)
+
+        # 4. advantages: group-normalised; unscored samples get zero
+        adv = group_advantages(reward, G, scale=cfg.loss.advantage == "group_mean_std")
+
+        # 5. curriculum update with what this batch taught us
+        self.curriculum.update([p.id for p in prompts], reward.view(B, G), step)
+
+        # 6. keep informative groups only (DAPO dynamic sampling, without refill)
+        keep = torch.ones(B, dtype=torch.bool)
+        if cfg.curriculum.drop_zero_variance:
+            keep = informative_groups(reward, G, cfg.curriculum.zero_variance_tol)
+        rows = keep.repeat_interleave(G).nonzero().squeeze(-1)
+
+        # 7-9. losses -> balancer (backward) -> stability -> optimizer
+        lr = cfg.optim.lr * self.lr_schedule.value(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        t1 = time.perf_counter()
+        update = self._policy_update(batch.index(rows), adv[rows]) if len(rows) else {}
+        t_upd = time.perf_counter() - t1
+
+        self.state.rl_step += 1
+        scored_r = reward[~reward.isnan()]
+        m.update(
+            {
+                "train/reward": float(scored_r.mean()) if len(scored_r) else float("nan"),
+                "train/reward_std": float(scored_r.std()) if len(scored_r) > 1 else 0.0,
+                "train/unscored": float(reward.isnan().float().mean()),
+                "train/kept_groups": float(keep.float().mean()),
+                "train/completion_length": float(batch.completion_mask.sum(-1).float().mean()),
+                "train/truncated": float(batch.truncated.float().mean()),
+                "train/lr": lr,
+                "time/generate_s": t_gen,
+                "time/update_s": t_upd,
+                "time/generate_tokens_per_s": batch.num_tokens / max(t_gen, 1e-9),
+            }
+        )
+        m.update({f"train/{k}": v for k, v in scored.metrics.items()})
+        m.update(update)
+        if cfg.logging.samples_every and step % cfg.logging.samples_every == 0:
+            self._samples = [
+                {"prompt": texts[i], "completion": completions[i], "reward": _f(reward[i])}
+                for i in range(0, len(texts), G)[:4]
+            ]
+        return m
+
+    def _policy_update(self, batch: Rollout, adv: torch.Tensor) -> dict[str, Any]:
+        """Micro-batched losses, one optimizer step per epoch over the batch."""
+        cfg = self.cfg
+        self.model.train()
+        n = batch.completion_ids.shape[0]
+        total_tokens = float(batch.completion_mask.sum())
+        mbs = cfg.loss.micro_batch_size
+        old_lp = batch.logprobs
+        if cfg.loss.epochs > 1:  # importance ratios need the current policy's logprobs
+            with torch.no_grad():
+                old_lp = torch.cat(
+                    [
+                        completion_logprobs(
+                            self.model, batch.index(torch.arange(i, min(i + mbs, n)))
+                        )[0]
+                        for i in range(0, n, mbs)
+                    ]
+                )
+        out: dict[str, Any] = {}
+        for _ in range(cfg.loss.epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum, sums = 0.0, {}
+            for i in range(0, n, mbs):
+                idx = torch.arange(i, min(i + mbs, n))
+                mb = batch.index(idx)
+                lp, ent = completion_logprobs(self.model, mb, with_entropy=True)
+                ref_lp = None
+                if self.reference is not None:
+                    with torch.no_grad():
+                        ref_lp, _ = completion_logprobs(self.reference, mb)
+                old = old_lp[idx] if cfg.loss.epochs > 1 else lp.detach()
+                inputs = LossInputs(
+                    lp,
+                    old,
+                    adv[idx],
+                    mb.completion_mask.float(),
+                    total_tokens,
+                    float(n),
+                    ref_lp,
+                    ent,
+                )
+                loss, metrics = self.loss(inputs)
+                weights = self.balancer.combine({"policy": loss}, self.model.parameters())
+                loss_sum += float(loss.detach())
+                metrics["entropy"] = (ent * mb.completion_mask).sum() / total_tokens
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            pre, post = grad_norm_and_clip(self.model.parameters(), cfg.stability.max_grad_norm)
+            if self.guard.check(loss_sum, pre):
+                self.optimizer.step()
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+            out = {
+                "train/loss": loss_sum,
+                "train/grad_norm": pre,
+                "train/grad_norm_clipped": post,
+                "train/skipped_steps": self.guard.skipped,
+            }
+            out.update({f"train/{k}": v for k, v in sums.items()})
+            out.update({f"balancer/{k}": v for k, v in weights.items()})
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Greedy accuracy on the held-out prompts, per difficulty level."""
+        cfg = self.cfg
+        prompts = self.task.eval
+        max_new = cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens
+        scores: list[float] = []
+        chunk = 512
+        for i in range(0, len(prompts), chunk):
+            part = prompts[i : i + chunk]
+            ids, mask = encode_prompts(
+                self.tokenizer, [p.text for p in part], self.device, cfg.model.chat_template
+            )
+            out = generate(
+                self.model,
+                ids,
+                mask,
+                max_new_tokens=max_new,
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id,
+                greedy=True,
+            )
+            comps = decode_completions(self.tokenizer, out)
+            res = self.eval_rewards.score([p.text for p in part], comps, _prompt_fields(part), -1)
+            scores.extend(res.scores[:, 0].nan_to_num(0.0).tolist())
+        by_level: dict[str, list[float]] = {}
+        for p, s in zip(prompts, scores):
+            by_level.setdefault(str(p.level), []).append(s)
+        return {k: sum(v) / len(v) for k, v in sorted(by_level.items(), key=lambda kv: int(kv[0]))}
+
+    # ------------------------------------------------------------------ the run
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        resumed = self.resume()
+        logger = MetricLogger(
+            self.run_dir,
+            cfg.logging,
+            cfg.model_dump(mode="json"),
+            resume_step=self.state.global_step if resumed else None,
+        )
+        start = time.perf_counter() - self.state.wall_seconds
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        progress = ConsoleProgress(enabled=cfg.logging.progress)
+        try:
+            with progress:
+                self._loop(logger, progress, start)
+        finally:
+            logger.close()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.summary()
+
+    def _loop(self, logger: MetricLogger, progress: ConsoleProgress, start: float) -> None:
+        cfg = self.cfg
+        if self.phase == "warmup":
+            progress.set_phase("warm-up (SFT)", cfg.warmup.steps)
+            progress.update(advance=self.state.warmup_step)
+        while self.state.warmup_step < cfg.warmup.steps and not self._stop():
+            m = self.warmup_step()
+            self._after_step(logger, m, start)
+            progress.update(loss=m["warmup/loss"])
+        if self._stop():
+            return
+        if cfg.warmup.steps and self.state.warmup_eval is None:
+            self.state.warmup_eval = self._eval_and_log(logger, "warmup")
+        progress.set_phase("GRPO", cfg.train.steps)
+        progress.update(advance=self.state.rl_step)
+        while self.state.rl_step < cfg.train.steps and not self._stop():
+            m = self.rl_step()
+            if (
+                cfg.train.eval_every
+                and self.state.rl_step % cfg.train.eval_every == 0
+                and self.state.rl_step < cfg.train.steps
+            ):
+                acc = self._eval_and_log(logger, "rl")
+                m.update({f"eval/accuracy/level_{k}": v for k, v in acc.items()})
+            self._after_step(logger, m, start)
+            progress.update(reward=m["train/reward"])
+        if self._stop():
+            return
+        if self.state.final_eval is None:
+            self.state.final_eval = self._eval_and_log(logger, "final")
+            self.state.wall_seconds = time.perf_counter() - start
+            self.save()
+        self._write_summary()
+        if cfg.logging.report:
+            from steerl.report import build_report
+
+            build_report(self.run_dir)
+
+    def _stop(self) -> bool:
+        sa = self.cfg.train.stop_after
+        return self.should_stop or (sa is not None and self.state.global_step >= sa)
+
+    def _eval_and_log(self, logger: MetricLogger, tag: str) -> dict[str, float]:
+        acc = self.evaluate()
+        self.state.evals.append({"step": self.state.global_step, "tag": tag, "accuracy": acc})
+        logger.log(
+            self.state.global_step,
+            {f"eval/accuracy/level_{k}": v for k, v in acc.items()} | {"eval/tag": tag},
+        )
+        for cb in self.callbacks:
+            cb.on_evaluate(self, self.state.global_step, acc)
+        return acc
+
+    def _after_step(self, logger: MetricLogger, m: dict[str, Any], start: float) -> None:
+        self.state.global_step += 1
+        step = self.state.global_step
+        self.state.wall_seconds = time.perf_counter() - start
+        logger.log(step, m)
+        if getattr(self, "_samples", None):
+            logger.log_samples(step, self._samples)
+            self._samples = None
+        for cb in self.callbacks:
+            cb.on_step_end(self, step, m)
+        se = self.cfg.train.save_every
+        boundary = self.state.warmup_step == self.cfg.warmup.steps and self.state.rl_step == 0
+        if (se and step % se == 0) or boundary:
+            self.save()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "recipe": self.cfg.recipe,
+            "run_dir": str(self.run_dir),
+            "wall_seconds": round(self.state.wall_seconds, 2),
+            "steps": self.state.global_step,
+            "warmup_steps": self.state.warmup_step,
+            "rl_steps": self.state.rl_step,
+            "warmup": self.state.warmup_eval,
+            "final": self.state.final_eval,
+            "completed": self.state.final_eval is not None,
+        }
+
+    def _write_summary(self) -> None:
+        (self.run_dir / "summary.json").write_text(json.dumps(self.summary(), indent=1))
+
+
+def _prompt_fields(prompts: list[Prompt]) -> dict[str, list[Any]]:
+    fields: dict[str, list[Any]] = {
+        "answer": [p.answer for p in prompts],
+        "difficulty": [p.difficulty for p in prompts],
+        "category": [p.category for p in prompts],
+        "prompt_id": [p.id for p in prompts],
+    }
+    for k in {k for p in prompts for k in p.meta}:
+        fields.setdefault(k, [p.meta.get(k) for p in prompts])
+    return fields
+
+
+def _rng_json(rng: random.Random) -> list:
+    v, s, g = rng.getstate()
+    return [v, list(s), g]
+
+
+def _f(x: torch.Tensor) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) else v
