@@ -110,7 +110,9 @@ class FlawConfig(Section):
 class WarmupConfig(Section):
     steps: int = Field(0, ge=0)  # SFT steps before RL (0: no warm-up)
     batch_size: int = Field(64, ge=1)  # demonstrations per SFT step
-    lr: float = Field(3e-3, gt=0)  # SFT learning rate (AdamW, cosine to 10%)
+    lr: float = Field(3e-3, gt=0)  # SFT peak learning rate (AdamW)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"  # SFT LR shape
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # SFT LR floor as a fraction of the peak
     levels: list[int] = [1, 2]  # levels whose prompts are demonstrated
     flaw: FlawConfig = FlawConfig()
 
@@ -343,8 +345,11 @@ def _describe_error(err: dict[str, Any], data: dict[str, Any]) -> str:
         allowed = ", ".join(parent.model_fields) if parent else "?"
         return f"unknown key '{key}' (allowed in this section: {allowed})"
     value = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" and isinstance(value, dict):
+        # a section's own check (model validator): its message already names the keys
+        return msg if not loc else f"{key}: {msg}"
     shown = repr(value) if not isinstance(value, dict) else "{...}"
-    msg = err["msg"]
     if err["type"] == "literal_error":
         msg = msg.replace("Input should be", "allowed values are")
     return f"key '{key}': got {shown}; {msg}"

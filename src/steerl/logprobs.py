@@ -12,12 +12,15 @@ def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     """``log softmax(logits)[targets]`` without keeping a full (N, T, V) log-softmax.
 
     logits: (N, T, V) any float dtype; targets: (N, T) -> (N, T) float32.
-    Rows are processed one at a time, so the float32 upcast never holds more than (T, V).
+    Rows are processed in chunks, so the float32 upcast never holds more than ~16M values.
     """
+    n, t, v = logits.shape
+    rows = max(1, (1 << 24) // max(1, t * v))  # rows per chunk: at most ~16M float32 values
     out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
-    for i in range(logits.shape[0]):
-        row = logits[i].float()
-        out[i] = row.gather(-1, targets[i, :, None]).squeeze(-1) - row.logsumexp(-1)
+    for i in range(0, n, rows):
+        chunk = logits[i : i + rows].float()
+        picked = chunk.gather(-1, targets[i : i + rows, :, None]).squeeze(-1)
+        out[i : i + rows] = picked - chunk.logsumexp(-1)
     return out
 
 

@@ -183,7 +183,7 @@ class Trainer:
         prompts = [pool[self.demo_rng.randrange(len(pool))] for _ in range(w.batch_size)]
         demos = [self.task.demonstration(p, self.demo_rng) for p in prompts]
         batch = self.make_batch([p.text for p in prompts], demos)
-        lr = w.lr * WarmupDecay("cosine", w.steps, 0, 0.1).value(self.state.warmup_step)
+        lr = w.lr * WarmupDecay(w.schedule, w.steps, 0, w.min_lr_ratio).value(self.state.warmup_step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.model.train()
@@ -194,6 +194,8 @@ class Trainer:
         pre, _ = grad_norm_and_clip(self.model.parameters(), self.cfg.stability.max_grad_norm)
         self.optimizer.step()
         self.state.warmup_step += 1
+        if self.state.warmup_step == w.steps:  # RL starts with its own optimizer (as on resume)
+            self.optimizer = self._make_optimizer("rl")
         return {
             "phase": "warmup",
             "warmup/loss": float(loss.detach()),
@@ -424,7 +426,8 @@ class Trainer:
                 and self.state.rl_step % cfg.train.eval_every == 0
                 and self.state.rl_step < cfg.train.steps
             ):
-                acc = self._eval_and_log(logger, "rl")
+                # rl_step has advanced but global_step not yet (_after_step below)
+                acc = self._eval_and_log(logger, "rl", step=self.state.global_step + 1)
                 m.update({f"eval/accuracy/level_{k}": v for k, v in acc.items()})
             self._after_step(logger, m, start)
             progress.update(reward=m["train/reward"])
@@ -444,15 +447,18 @@ class Trainer:
         sa = self.cfg.train.stop_after
         return self.should_stop or (sa is not None and self.state.global_step >= sa)
 
-    def _eval_and_log(self, logger: MetricLogger, tag: str) -> dict[str, float]:
+    def _eval_and_log(
+        self, logger: MetricLogger, tag: str, step: int | None = None
+    ) -> dict[str, float]:
+        step = self.state.global_step if step is None else step
         acc = self.evaluate()
-        self.state.evals.append({"step": self.state.global_step, "tag": tag, "accuracy": acc})
+        self.state.evals.append({"step": step, "tag": tag, "accuracy": acc})
         logger.log(
-            self.state.global_step,
+            step,
             {f"eval/accuracy/level_{k}": v for k, v in acc.items()} | {"eval/tag": tag},
         )
         for cb in self.callbacks:
-            cb.on_evaluate(self, self.state.global_step, acc)
+            cb.on_evaluate(self, step, acc)
         return acc
 
     def _after_step(self, logger: MetricLogger, m: dict[str, Any], start: float) -> None:
