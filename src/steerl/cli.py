@@ -141,6 +141,9 @@ def train(
     if not summary.get("completed", summary.get("final") is not None):
         console.print(f"stopped before the end; resume with: steerl train {run_dir}")
     console.print(f"wall seconds: {summary.get('wall_seconds', 0):.1f}", highlight=False)
+    if summary.get("rl_steps"):
+        tps = summary.get("generate_tokens_per_s", 0.0)
+        console.print(f"rollout: {tps:,.0f} generated tokens/s", highlight=False)
     console.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
 
 

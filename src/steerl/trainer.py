@@ -55,6 +55,8 @@ class TrainerState:
     final_eval: dict[str, float] | None = None
     evals: list[dict[str, Any]] = field(default_factory=list)
     wall_seconds: float = 0.0  # accumulated over resumed segments
+    generated_tokens: int = 0  # completion tokens sampled in RL steps
+    generate_seconds: float = 0.0  # time spent sampling them
 
 
 def set_seed(seed: int) -> None:
@@ -183,7 +185,9 @@ class Trainer:
         prompts = [pool[self.demo_rng.randrange(len(pool))] for _ in range(w.batch_size)]
         demos = [self.task.demonstration(p, self.demo_rng) for p in prompts]
         batch = self.make_batch([p.text for p in prompts], demos)
-        lr = w.lr * WarmupDecay(w.schedule, w.steps, 0, w.min_lr_ratio).value(self.state.warmup_step)
+        lr = w.lr * WarmupDecay(w.schedule, w.steps, 0, w.min_lr_ratio).value(
+            self.state.warmup_step
+        )
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.model.train()
@@ -262,6 +266,8 @@ class Trainer:
         t_upd = time.perf_counter() - t1
 
         self.state.rl_step += 1
+        self.state.generated_tokens += batch.num_tokens
+        self.state.generate_seconds += t_gen
         scored_r = reward[~reward.isnan()]
         m.update(
             {
@@ -411,12 +417,16 @@ class Trainer:
             progress.update(advance=self.state.warmup_step)
         while self.state.warmup_step < cfg.warmup.steps and not self._stop():
             m = self.warmup_step()
+            if self.state.warmup_step == cfg.warmup.steps:  # evaluate before the boundary save
+                self.state.warmup_eval = self._eval_and_log(
+                    logger, "warmup", step=self.state.global_step + 1
+                )
             self._after_step(logger, m, start)
             progress.update(loss=m["warmup/loss"])
         if self._stop():
             return
-        if cfg.warmup.steps and self.state.warmup_eval is None:
-            self.state.warmup_eval = self._eval_and_log(logger, "warmup")
+        if self.state.rl_step < cfg.train.steps:
+            self.state.final_eval = None  # a resumed run asked for more RL steps
         progress.set_phase("GRPO", cfg.train.steps)
         progress.update(advance=self.state.rl_step)
         while self.state.rl_step < cfg.train.steps and not self._stop():
@@ -487,6 +497,9 @@ class Trainer:
             "warmup": self.state.warmup_eval,
             "final": self.state.final_eval,
             "completed": self.state.final_eval is not None,
+            "generate_tokens_per_s": round(
+                self.state.generated_tokens / max(self.state.generate_seconds, 1e-9), 1
+            ),
         }
 
     def _write_summary(self) -> None:
