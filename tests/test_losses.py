@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steerl.config import ConfigError, LossConfig
-from steerl.losses import LOSSES, GRPOLoss, LossInputs, build_policy_loss, kl_k3, sft_loss
+from steerl.losses import (
+    LOSSES,
+    GRPOLoss,
+    LossInputs,
+    build_policy_loss,
+    global_counts,
+    kl_k3,
+    sft_loss,
+)
 
 F64 = torch.float64
 
@@ -168,3 +176,22 @@ def test_sft_loss():
     a, _ = sft_loss(lp[:1], mask[:1], 4.0)
     b, _ = sft_loss(lp[1:], mask[1:], 4.0)
     assert (a + b).item() == pytest.approx(loss.item())
+
+
+def test_default_loss_is_the_policy_gradient_family_and_grpo_an_alias():
+    assert LossConfig().name == "pg"
+    assert type(build_policy_loss(LossConfig(name="grpo"))) is type(build_policy_loss(LossConfig()))
+
+
+def test_all_truncated_batch_with_mask_truncated_gives_zero_not_nan():
+    cfg = LossConfig(preset="dapo")
+    lp = torch.tensor([[-1.0, -2.0]], dtype=F64, requires_grad=True)
+    mask = torch.ones(1, 2, dtype=F64)
+    trunc = torch.tensor([True])
+    tokens, seqs = global_counts(mask, trunc, True)
+    assert (tokens, seqs) == (1.0, 1.0)  # clamped: no division by zero
+    x = LossInputs(lp, lp.detach(), torch.tensor([1.0], dtype=F64), mask, tokens, seqs)
+    x.truncated = trunc
+    loss, _ = GRPOLoss(cfg)(x)
+    loss.backward()
+    assert loss.item() == 0.0 and (lp.grad == 0).all()

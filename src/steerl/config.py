@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -83,18 +91,44 @@ class FieldNames(Section):
 
 
 class TaskConfig(Section):
-    kind: Literal["arithmetic", "file"] = "arithmetic"  # synthetic task or a user data file
+    kind: Literal["arithmetic", "file", "hf"] = "arithmetic"  # synthetic, a data file, datasets
     arithmetic: ArithmeticTaskConfig = ArithmeticTaskConfig()
     path: str | None = None  # kind=file: JSONL or Parquet training prompts
     eval_path: str | None = None  # kind=file: held-out prompts (else split from path)
-    eval_fraction: float = Field(0.1, gt=0, lt=1)  # kind=file without eval_path
-    fields: FieldNames = FieldNames()  # column names in the data file
+    dataset: str | None = None  # kind=hf: hub id ("openai/gsm8k") or local dataset folder
+    dataset_config: str | None = None  # kind=hf: configuration name ("main")
+    split: str = "train"  # kind=hf: training split
+    eval_split: str | None = "test"  # kind=hf: held-out split (null: split off eval_fraction)
+    max_train: int | None = Field(None, ge=1)  # keep at most this many training rows
+    max_eval: int | None = Field(None, ge=1)  # keep at most this many held-out rows
+    eval_fraction: float = Field(0.1, gt=0, lt=1)  # no held-out file/split: share split off
+    fields: FieldNames = FieldNames()  # column names in the data
+    answer_pattern: str | None = None  # regex; group 1 of its last match is the answer
+    prompt_template: str = "{prompt}"  # str.format over the row; {prompt} is the prompt field
     seed: int = 1234  # seed of the data generation / split (separate from train.seed)
 
     @model_validator(mode="after")
-    def _path_needed(self) -> TaskConfig:
+    def _source_needed(self) -> TaskConfig:
         if self.kind == "file" and not self.path:
             raise ValueError("task.kind=file needs task.path (a .jsonl or .parquet file)")
+        if self.kind == "hf" and not self.dataset:
+            raise ValueError("task.kind=hf needs task.dataset (a hub id or a local folder)")
+        if self.answer_pattern is not None:
+            import re
+
+            try:
+                if re.compile(self.answer_pattern).groups < 1:
+                    raise ValueError(
+                        f"task.answer_pattern={self.answer_pattern!r} needs one capture group"
+                    )
+            except re.error as e:
+                raise ValueError(
+                    f"task.answer_pattern={self.answer_pattern!r} is not a regex: {e}"
+                ) from None
+        if "{prompt}" not in self.prompt_template:
+            raise ValueError(
+                f"task.prompt_template={self.prompt_template!r} must contain {{prompt}}"
+            )
         return self
 
 
@@ -133,6 +167,8 @@ class RewardSpec(Section):
     weight: float = 1.0  # weight in the combined reward
     args: dict[str, Any] = {}  # keyword arguments bound to the reward function
     alias: str | None = None  # name used in logs (default: name)
+    timeout: float | None = Field(None, gt=0)  # seconds per call; slower: samples unscored
+    max_failed_steps: int | None = Field(3, ge=1)  # all-unscored calls in a row before stop
 
     @property
     def label(self) -> str:
@@ -140,16 +176,249 @@ class RewardSpec(Section):
 
 
 # --------------------------------------------------------------------------- loss
+#: Values each ``loss.preset`` fills in for the keys the recipe leaves unset (explicit keys win).
+#: Keys not listed keep the field defaults of ``LossConfig``, which are also what you get with
+#: no preset (steerl's historical GRPO: token-mean, symmetric clip 0.2, no KL).
+LOSS_PRESETS: dict[str, dict[str, Any]] = {
+    # Shao et al. 2024, DeepSeekMath, arXiv:2402.03300: clipped surrogate, 1/G sum_i 1/|o_i|
+    # sum_t (seq-mean-token-mean), (r - mean) / std in the group, k3 KL in the loss, beta 0.04.
+    "grpo": {
+        "clip_low": 0.2,
+        "clip_high": 0.2,
+        "clip_c": None,
+        "ratio_level": "token",
+        "surrogate": "clip",
+        "aggregation": "seq-mean-token-mean",
+        "advantage": "group_mean_std",
+        "kl_coef": 0.04,
+        "kl_estimator": "k3",
+        "kl_in": "loss",
+        "mask_truncated": False,
+        "epochs": 1,
+    },
+    # Yu et al. 2025, DAPO, arXiv:2503.14476: clip-higher (0.2, 0.28), token-mean, no KL,
+    # overlong filtering (truncated completions masked). Dynamic sampling is
+    # curriculum.drop_zero_variance, not a loss key.
+    "dapo": {
+        "clip_low": 0.2,
+        "clip_high": 0.28,
+        "clip_c": None,
+        "ratio_level": "token",
+        "surrogate": "clip",
+        "aggregation": "token-mean",
+        "advantage": "group_mean_std",
+        "kl_coef": 0.0,
+        "kl_estimator": "k3",
+        "kl_in": "loss",
+        "mask_truncated": True,
+        "epochs": 1,
+    },
+    # Liu et al. 2025, "Understanding R1-Zero-Like Training" (Dr. GRPO), arXiv:2503.20783:
+    # no std in the advantage, token sums over a constant (G * max_new_tokens), no KL.
+    "dr_grpo": {
+        "clip_low": 0.2,
+        "clip_high": 0.2,
+        "clip_c": None,
+        "ratio_level": "token",
+        "surrogate": "clip",
+        "aggregation": "seq-mean-token-sum-norm",
+        "advantage": "group_mean",
+        "kl_coef": 0.0,
+        "kl_estimator": "k3",
+        "kl_in": "loss",
+        "mask_truncated": False,
+        "epochs": 1,
+    },
+    # Zheng et al. 2025, GSPO, arXiv:2507.18071: sequence ratio exp(mean_t log r), clipped at
+    # (3e-4, 4e-4) as in the paper, one term per sequence (seq-mean-token-mean), no KL.
+    "gspo": {
+        "clip_low": 3e-4,
+        "clip_high": 4e-4,
+        "clip_c": None,
+        "ratio_level": "sequence",
+        "surrogate": "clip",
+        "aggregation": "seq-mean-token-mean",
+        "advantage": "group_mean_std",
+        "kl_coef": 0.0,
+        "kl_estimator": "k3",
+        "kl_in": "loss",
+        "mask_truncated": False,
+        "epochs": 1,
+    },
+    # MiniMax 2025, MiniMax-M1 (CISPO), arXiv:2506.13585: -sg(clip(r)) * A * log p, token-mean,
+    # no KL. The paper sets no lower bound (clip_low=1: weight >= 0) and tunes only eps_high
+    # without publishing it; 0.28 (DAPO's clip-higher) is our choice.
+    "cispo": {
+        "clip_low": 1.0,
+        "clip_high": 0.28,
+        "clip_c": None,
+        "ratio_level": "token",
+        "surrogate": "cispo",
+        "aggregation": "token-mean",
+        "advantage": "group_mean_std",
+        "kl_coef": 0.0,
+        "kl_estimator": "k3",
+        "kl_in": "loss",
+        "mask_truncated": False,
+        "epochs": 1,
+    },
+    # Schulman et al. 2017, PPO, arXiv:1707.06347, without a critic: token-level clip 0.2,
+    # token-mean, group-mean baseline scaled by the batch std, dual-clip c=3 (Ye et al. 2020,
+    # arXiv:1912.09729), 4 epochs over each rollout batch.
+    "ppo": {
+        "clip_low": 0.2,
+        "clip_high": 0.2,
+        "clip_c": 3.0,
+        "ratio_level": "token",
+        "surrogate": "clip",
+        "aggregation": "token-mean",
+        "advantage": "batch_std",
+        "kl_coef": 0.0,
+        "kl_estimator": "k3",
+        "kl_in": "loss",
+        "mask_truncated": False,
+        "epochs": 4,
+    },
+}
+
+#: The keys a preset sets (every preset sets all of them).
+PRESET_KEYS: tuple[str, ...] = tuple(LOSS_PRESETS["grpo"])
+
+
+class AuxLossSpec(Section):
+    """An auxiliary loss term added to the policy loss (``loss.aux``)."""
+
+    name: str  # "sft", "dpo", a registered loss term, or "package.module:Class"
+    coef: float = Field(0.1, ge=0)  # the term enters the summed loss as coef * term
+    args: dict[str, Any] = {}  # keyword arguments (dpo: variant, beta, label_smoothing)
+
+    @model_validator(mode="after")
+    def _known_args(self) -> AuxLossSpec:
+        if self.name == "dpo":
+            try:
+                DPOArgs.model_validate(self.args)
+            except ValidationError as e:
+                msgs = [
+                    f"args.{'.'.join(map(str, err['loc']))}: {err['msg']}".replace("args.: ", "")
+                    for err in e.errors(include_url=False)
+                ]
+                raise ValueError("; ".join(m.removeprefix("Value error, ") for m in msgs)) from None
+        elif self.name == "sft" and self.args:
+            raise ValueError(f"aux term sft takes no args, got {sorted(self.args)}")
+        return self
+
+
+class DPOArgs(Section):
+    """Arguments of the ``dpo`` auxiliary term (see ``steerl.losses.dpo``)."""
+
+    variant: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"  # Rafailov / Azar / SLiC
+    beta: float = Field(0.1, gt=0)  # scale of the implicit reward beta * log(pi / ref)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # cDPO: assumed label-flip rate
+
+    @model_validator(mode="after")
+    def _smoothing_is_sigmoid_only(self) -> DPOArgs:
+        if self.label_smoothing and self.variant != "sigmoid":
+            raise ValueError(
+                f"label_smoothing={self.label_smoothing} is defined for variant=sigmoid "
+                f"(cDPO) only, not variant={self.variant}"
+            )
+        return self
+
+
 class LossConfig(Section):
-    name: str = "grpo"  # registered policy loss
-    clip_low: float = Field(0.2, gt=0, lt=1)  # ratio clipped below at 1 - clip_low
+    """The clipped policy-gradient family, configured key by key or through ``preset``.
+
+    A ``preset`` fills the keys in ``PRESET_KEYS`` that the section leaves unset (explicit keys
+    win); see ``LOSS_PRESETS`` for the values and papers. Presets apply when the section is
+    built, not on later assignment. The saved config.yaml records the preset and only the preset
+    keys that differ from it, so ``steerl train RUN_DIR loss.preset=X`` switches presets.
+    """
+
+    name: str = "pg"  # policy loss: "pg" (this family; alias "grpo"), registered, or mod:func
+    preset: Literal["grpo", "dapo", "dr_grpo", "gspo", "cispo", "ppo"] | None = None  # see above
+    clip_low: float = Field(0.2, gt=0, le=1)  # ratio clipped below at 1 - clip_low
     clip_high: float = Field(0.2, gt=0)  # ratio clipped above at 1 + clip_high (DAPO: 0.28)
-    aggregation: Literal["token-mean"] = "token-mean"  # how token losses become one number
-    kl_coef: float = Field(0.0, ge=0)  # beta of the KL penalty against the reference
-    kl_estimator: Literal["k3"] = "k3"  # Schulman's estimator of KL(pi || ref)
-    epochs: int = Field(1, ge=1)  # optimisation passes over each rollout batch
-    advantage: Literal["group_mean_std", "group_mean"] = "group_mean_std"  # normalisation
-    micro_batch_size: int = Field(256, ge=1)  # sequences per forward/backward
+    clip_c: float | None = Field(None, gt=1)  # dual-clip: for A < 0 the loss is at most -c*A
+    ratio_level: Literal["token", "sequence"] = "token"  # sequence: GSPO exp(mean_t log r)
+    surrogate: Literal["clip", "cispo"] = "clip"  # min(rA, clip(r)A), or -sg(clip(r)) A logp
+    aggregation: Literal[
+        "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+    ] = "token-mean"  # how token losses become one number (global-batch denominators)
+    advantage: Literal["group_mean_std", "group_mean", "batch_std", "rloo"] = "group_mean_std"
+    kl_coef: float = Field(0.0, ge=0)  # beta of the KL against the frozen reference
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # Schulman's estimators of KL(pi || ref)
+    kl_in: Literal["loss", "reward"] = "loss"  # penalty in the loss, or subtracted from reward
+    entropy_coef: float = Field(0.0, ge=0)  # entropy bonus: loss -= coef * entropy
+    mask_truncated: bool = False  # DAPO overlong filtering: no loss on truncated completions
+    epochs: int = Field(1, ge=1)  # optimisation passes (optimizer steps) per rollout batch
+    micro_batch_size: int = Field(256, ge=1)  # sequences per forward/backward (whole groups
+    #   when loss.aux is set: rounded down to a multiple of group_size, at least one group)
+    aux: list[AuxLossSpec] = []  # auxiliary terms, e.g. [{name: sft, coef: 0.1}]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        base = preset_values(data.get("preset"), data.get("kl_in"))
+        if base is None:  # unknown preset: the field's own check reports it
+            return data
+        return {**{k: v for k, v in base.items() if k not in data}, **data}
+
+    @model_validator(mode="after")
+    def _compatible(self) -> LossConfig:
+        if self.ratio_level == "sequence" and self.aggregation != "seq-mean-token-mean":
+            raise ValueError(
+                f"ratio_level=sequence (GSPO) weighs every sequence once, so it needs "
+                f"aggregation=seq-mean-token-mean, got aggregation={self.aggregation}"
+            )
+        if self.surrogate == "cispo" and self.clip_c is not None:
+            raise ValueError(
+                f"surrogate=cispo bounds the IS weight itself; dual-clip clip_c={self.clip_c} "
+                "applies to surrogate=clip only (set clip_c: null)"
+            )
+        if self.surrogate == "cispo" and self.ratio_level == "sequence":
+            raise ValueError(
+                "surrogate=cispo weighs each token by its own clipped ratio; "
+                "ratio_level=sequence is GSPO's (use surrogate=clip with it)"
+            )
+        names = [a.name for a in self.aux]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"aux terms must be unique, {sorted(dup)} repeat")
+        if "policy" in names:
+            raise ValueError("aux term name 'policy' is reserved for the policy loss")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """Leave out the preset keys that equal the preset's (or, without one, the default)."""
+        data = handler(self)
+        base = preset_values(self.preset, self.kl_in) or {}
+        return {k: v for k, v in data.items() if k not in base or base[k] != v}
+
+    @property
+    def needs_reference(self) -> bool:
+        """True when a frozen reference model is used (KL or a DPO term)."""
+        return self.kl_coef > 0 or any(a.name == "dpo" for a in self.aux)
+
+
+def preset_values(preset: str | None, kl_in: str | None = None) -> dict[str, Any] | None:
+    """The values a preset (``None``: the field defaults) gives to ``PRESET_KEYS``.
+
+    With ``kl_in=reward`` the estimator defaults to k1 (the sequence sum of log-ratios).
+    Returns ``None`` for an unknown preset name.
+    """
+    if preset is None:
+        fields = LossConfig.model_fields
+        base = {k: fields[k].default for k in PRESET_KEYS}
+    elif preset in LOSS_PRESETS:
+        base = dict(LOSS_PRESETS[preset])
+    else:
+        return None
+    if (kl_in or base["kl_in"]) == "reward":
+        base["kl_estimator"] = "k1"
+    return base
 
 
 # --------------------------------------------------------------------------- optimiser / schedule
@@ -161,17 +430,267 @@ class OptimConfig(Section):
     eps: float = Field(1e-8, gt=0)  # Adam epsilon
 
 
+class ParamGroupSpec(Section):
+    """An LR scale for the parameters whose names match ``pattern`` (first match wins)."""
+
+    pattern: str  # regex searched in parameter names, e.g. "lm_head" or "layers\.(0|1)\."
+    lr_scale: float = Field(1.0, gt=0)  # LR of these parameters = this x the scheduled LR
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"pattern {v!r} is not a regex: {e}") from None
+        return v
+
+
+class CoefScheduleConfig(Section):
+    """An absolute value over the run (``schedule.coefficients``): warm-up, then a shape."""
+
+    shape: Literal["constant", "linear", "cosine", "wsd", "polynomial"] = "linear"  # see LR
+    start: float  # value at the end of the warm-up (the start of the shape)
+    end: float | None = None  # value at total_steps; null: stays at start
+    warmup_steps: int = Field(0, ge=0)  # linear ramp from warmup_start to start
+    warmup_start: float = 0.0  # value the warm-up starts from (absolute)
+    decay_fraction: float = Field(0.2, gt=0, le=1)  # wsd: last share of the run spent moving
+    decay_shape: Literal["linear", "cosine"] = "linear"  # wsd: shape of that last part
+    power: float = Field(1.0, gt=0)  # polynomial: (1 - t) ** power
+    total_steps: int | None = Field(None, ge=1)  # length of the schedule; null: train.steps
+
+
+class KLControllerConfig(Section):
+    """Adaptive KL coefficient (Ziegler et al. 2019): steers the measured KL toward target."""
+
+    target: float = Field(gt=0)  # KL the controller aims for (train/kl)
+    horizon: int = Field(ge=1)  # steps: coef *= 1 + clip(kl/target - 1, +-0.2) / horizon
+    initial: float | None = Field(None, gt=0)  # starting coefficient; null: loss.kl_coef
+
+
 class ScheduleConfig(Section):
-    name: Literal["constant", "linear", "cosine"] = "constant"  # LR shape after warm-up
-    warmup_steps: int = Field(0, ge=0)  # linear warm-up from 0 to the peak
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # floor as a fraction of the peak
+    name: Literal["constant", "linear", "cosine", "wsd", "polynomial"] = "constant"  # LR shape
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up to the peak over these steps
+    warmup_start: float = Field(0.0, ge=0)  # warm-up starts from this fraction of the peak
+    min_lr_ratio: float = Field(0.0, ge=0)  # floor as a fraction of the peak (<= 1)
+    decay_fraction: float = Field(0.2, gt=0, le=1)  # wsd: last share of the run spent decaying
+    decay_shape: Literal["linear", "cosine"] = "linear"  # wsd: shape of that decay
+    power: float = Field(1.0, gt=0)  # polynomial: LR factor (1 - t) ** power after warm-up
+    param_groups: list[ParamGroupSpec] = []  # per-parameter LR scales [{pattern, lr_scale}]
+    coefficients: dict[str, CoefScheduleConfig] = {}  # "loss.kl_coef", "rewards.<label>.weight"
+    kl_controller: KLControllerConfig | None = None  # adaptive KL coefficient; null: off
+
+    @field_validator("min_lr_ratio", "warmup_start")
+    @classmethod
+    def _fraction_of_peak(cls, v: float, info: Any) -> float:
+        if v > 1:
+            raise ValueError(
+                f"{info.field_name}={v} is above the peak: it is a fraction of optim.lr, in [0, 1]"
+            )
+        return v
+
+    @field_validator("coefficients")
+    @classmethod
+    def _coef_keys(cls, v: dict[str, CoefScheduleConfig]) -> dict[str, CoefScheduleConfig]:
+        from steerl.schedules import parse_coef_key
+
+        for key in v:
+            parse_coef_key(key)  # raises with the allowed forms
+        return v
 
 
 # --------------------------------------------------------------------------- stability
+class AdaptiveClipConfig(Section):
+    """``clip: adaptive``: a global-norm threshold learned from recent pre-clip norms."""
+
+    percentile: float = 90.0  # threshold = this percentile (0, 100] of the recent norms
+    multiple: float | None = Field(None, gt=0)  # set: threshold = multiple x their median
+    window: int = Field(100, ge=1)  # recent finite pre-clip norms kept
+    min_history: int = Field(10, ge=1)  # until this many are known: max_grad_norm
+
+    @field_validator("percentile")
+    @classmethod
+    def _percentile(cls, v: float) -> float:
+        if not 0 < v <= 100:
+            raise ValueError(f"percentile={v} must be in (0, 100]")
+        return v
+
+    @model_validator(mode="after")
+    def _history(self) -> AdaptiveClipConfig:
+        if self.min_history > self.window:
+            raise ValueError(
+                f"min_history={self.min_history} is more than window={self.window} can hold"
+            )
+        return self
+
+
+class SpikeConfig(Section):
+    """A spike detector: robust z-score of a metric against its recent accepted values."""
+
+    metric: str = "train/loss"  # any logged key: train/loss, train/grad_norm, train/kl, ...
+    window: int = Field(20, ge=2)  # accepted values the median / MAD are taken over
+    threshold: float = Field(6.0, gt=0)  # |robust z| above this is a spike
+    min_history: int = Field(5, ge=2)  # no verdict before this many accepted values
+    direction: Literal["both", "up", "down"] = "both"  # which side counts (reward: down)
+    action: Literal["skip", "lower_lr", "rollback"] = "skip"  # what a spike does
+
+    @model_validator(mode="after")
+    def _history(self) -> SpikeConfig:
+        if self.min_history > self.window:
+            raise ValueError(
+                f"min_history={self.min_history} is more than window={self.window} can hold"
+            )
+        return self
+
+
+class LowerLRConfig(Section):
+    factor: float = Field(0.5, gt=0, le=1)  # LR multiplier while a lower_lr action is active
+    steps: int = Field(10, ge=1)  # steps it stays active (from the step that triggered it)
+
+
+class GuardsConfig(Section):
+    """Hard limits on step metrics (null: off)."""
+
+    kl_max: float | None = Field(None, gt=0)  # train/kl above this trips
+    entropy_min: float | None = Field(None, ge=0)  # train/entropy below this trips
+    clip_fraction_max: float | None = Field(None, gt=0, le=1)  # train/clip_fraction above
+    action: Literal["skip", "lower_lr", "rollback", "stop"] = "skip"  # what a trip does
+
+
+class PlateauConfig(Section):
+    """Plateau: the EMA of a metric improves by less than min_slope per step over window."""
+
+    metric: str = "train/reward"  # logged key watched
+    mode: Literal["max", "min"] = "max"  # direction of improvement
+    ema: float = Field(0.9, ge=0, lt=1)  # EMA decay (ema = d * ema + (1 - d) * value)
+    window: int = Field(20, ge=1)  # steps the EMA slope is measured over
+    min_slope: float = Field(1e-3, ge=0)  # improvement per step below this is a plateau
+    action: Literal["none", "reduce_lr", "stop"] = "reduce_lr"  # what a plateau does
+    factor: float = Field(0.5, gt=0, lt=1)  # reduce_lr: LR scale multiplied by this
+    min_scale: float = Field(0.01, gt=0, le=1)  # reduce_lr: never below this scale
+    cooldown: int = Field(10, ge=0)  # steps after an event with no new event
+
+
+class EarlyStopConfig(Section):
+    """Stop when the eval metric has not improved for ``patience`` evaluations."""
+
+    metric: str = "eval/accuracy/mean"  # eval key (<prefix>/mean: mean of <prefix>/*)
+    mode: Literal["max", "min"] = "max"  # direction of improvement
+    patience: int = Field(3, ge=1)  # evaluations without improvement before stopping
+    min_delta: float = Field(0.0, ge=0)  # smaller changes do not count as improvement
+
+
 class StabilityConfig(Section):
-    max_grad_norm: float | None = Field(1.0, gt=0)  # clip by global norm; null: off
+    clip: Literal["norm", "value", "adaptive", "agc", "none"] = "norm"  # gradient clipping
+    max_grad_norm: float | None = Field(1.0, gt=0)  # norm: global-norm threshold; null: off
+    clip_value: float = Field(1.0, gt=0)  # value: clamp each gradient element to +-this
+    adaptive: AdaptiveClipConfig = AdaptiveClipConfig()  # adaptive: learned threshold
+    agc_clip: float = Field(0.01, gt=0)  # agc: max unit-wise ||g|| / ||w||
+    agc_eps: float = Field(1e-3, gt=0)  # agc: floor of ||w|| (zero-initialised units)
     skip_nonfinite: bool = True  # skip a step whose loss or gradient is NaN/inf
-    max_consecutive_skips: int = Field(5, ge=1)  # then stop with a diagnosis
+    max_consecutive_skips: int = Field(5, ge=1)  # skipped steps in a row, then stop
+    spikes: list[SpikeConfig] = []  # spike detectors, e.g. [{metric: train/loss}]
+    lower_lr: LowerLRConfig = LowerLRConfig()  # what action=lower_lr does
+    max_rollbacks: int = Field(3, ge=0)  # more rollbacks than this stop the run
+    guards: GuardsConfig = GuardsConfig()  # kl_max / entropy_min / clip_fraction_max
+    plateau: PlateauConfig | None = None  # plateau monitor; null: off
+    early_stop: EarlyStopConfig | None = None  # early stopping on an eval metric; null: off
+
+
+def _check_schedule_and_stability(cfg: Config) -> None:
+    """Cross-checks of ``schedule`` and ``stability`` against the run (``Config._cross``)."""
+    steps = cfg.train.steps
+    s = cfg.schedule
+    if s.warmup_steps > steps > 0:
+        raise ValueError(
+            f"schedule.warmup_steps={s.warmup_steps} is longer than train.steps={steps}"
+        )
+    from steerl.schedules import parse_coef_key, wsd_decay_steps
+
+    if s.name == "wsd" and steps > 0:
+        decay = wsd_decay_steps(steps, s.decay_fraction)
+        if s.warmup_steps + decay > steps:
+            raise ValueError(
+                f"schedule.warmup_steps={s.warmup_steps} plus the wsd decay "
+                f"(schedule.decay_fraction={s.decay_fraction} of train.steps={steps}: {decay} "
+                "steps) is longer than the run"
+            )
+    for key, c in s.coefficients.items():
+        total = c.total_steps or steps
+        if c.warmup_steps > total > 0:
+            raise ValueError(
+                f"schedule.coefficients[{key!r}].warmup_steps={c.warmup_steps} is longer than "
+                f"the schedule ({total} steps)"
+            )
+        target, name = parse_coef_key(key)
+        if target == "loss":
+            value = getattr(cfg.loss, name, None)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                numeric = [
+                    k
+                    for k in type(cfg.loss).model_fields
+                    if isinstance(getattr(cfg.loss, k), float)
+                ]
+                raise ValueError(
+                    f"schedule.coefficients key {key!r}: the loss section has no numeric key "
+                    f"{name!r} (numeric loss keys: {', '.join(numeric)})"
+                )
+            vals = [c.start, c.warmup_start] + ([c.end] if c.end is not None else [])
+            if min(vals) < 0:
+                raise ValueError(
+                    f"schedule.coefficients[{key!r}]: a loss coefficient cannot go below 0 "
+                    f"(start={c.start}, end={c.end}, warmup_start={c.warmup_start})"
+                )
+            if name == "kl_coef" and cfg.loss.kl_coef <= 0:
+                raise ValueError(
+                    f"schedule.coefficients[{key!r}] needs loss.kl_coef > 0 (the reference "
+                    "model is only loaded with a KL term)"
+                )
+        else:
+            labels = [r.label for r in cfg.rewards]
+            if name not in labels:
+                raise ValueError(
+                    f"schedule.coefficients key {key!r}: no reward labelled {name!r} "
+                    f"(rewards: {', '.join(labels)})"
+                )
+    kc = s.kl_controller
+    if kc is not None:
+        if "loss.kl_coef" in s.coefficients:
+            raise ValueError(
+                "schedule.kl_controller and schedule.coefficients['loss.kl_coef'] both set the "
+                "KL coefficient; keep one"
+            )
+        if cfg.loss.kl_coef <= 0:
+            raise ValueError(
+                f"schedule.kl_controller needs loss.kl_coef > 0, got {cfg.loss.kl_coef} (the "
+                "reference model is only loaded with a KL term; kl_controller.initial may "
+                "still set the starting value)"
+            )
+    st = cfg.stability
+    no_ckpt = cfg.train.save_every == 0
+    for i, sp in enumerate(st.spikes):
+        if sp.window > steps > 0:
+            raise ValueError(
+                f"stability.spikes.{i}.window={sp.window} is longer than train.steps={steps}"
+            )
+        if sp.action == "rollback" and no_ckpt:
+            raise ValueError(
+                f"stability.spikes.{i}.action=rollback needs checkpoints to roll back to; "
+                "set train.save_every"
+            )
+    g = st.guards
+    any_guard = any(x is not None for x in (g.kl_max, g.entropy_min, g.clip_fraction_max))
+    if any_guard and g.action == "rollback" and no_ckpt:
+        raise ValueError(
+            "stability.guards.action=rollback needs checkpoints to roll back to; "
+            "set train.save_every"
+        )
+    if st.plateau is not None and st.plateau.window > steps > 0:
+        raise ValueError(
+            f"stability.plateau.window={st.plateau.window} is longer than train.steps={steps}"
+        )
 
 
 # --------------------------------------------------------------------------- curriculum
@@ -244,11 +763,7 @@ class Config(Section):
                 "rollout.group_size=1 with curriculum.drop_zero_variance=true drops every "
                 "group; use group_size >= 2"
             )
-        if self.schedule.warmup_steps > self.train.steps > 0:
-            raise ValueError(
-                f"schedule.warmup_steps={self.schedule.warmup_steps} is longer than "
-                f"train.steps={self.train.steps}"
-            )
+        _check_schedule_and_stability(self)  # warm-up / spike windows vs the run, targets
         return self
 
     def to_yaml(self) -> str:

@@ -31,11 +31,12 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def completion_logprobs(
-    model: PreTrainedModel, batch: Rollout, with_entropy: bool = False
+    model: PreTrainedModel, batch: Rollout, with_entropy: bool = False, entropy_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities (N, T) of ``batch.completion_ids`` given the prompts.
 
-    Returns ``(logprobs, entropy)``; entropy is ``None`` unless asked for.
+    Returns ``(logprobs, entropy)``; entropy is ``None`` unless asked for, and detached unless
+    ``entropy_grad`` (an entropy bonus in the loss needs its gradient).
     """
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
@@ -44,5 +45,7 @@ def completion_logprobs(
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
     logits = logits[:, p - 1 : p - 1 + t, :]
     lp = gather_logprobs(logits, batch.completion_ids)
-    ent = entropy_from_logits(logits.detach()) if with_entropy else None
+    ent = None
+    if with_entropy:
+        ent = entropy_from_logits(logits if entropy_grad else logits.detach())
     return lp, ent

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,25 @@ import numpy as np
 import torch
 
 from steerl import checkpoint as ckpt
-from steerl.config import Config, RewardSpec
+from steerl.config import Config, ConfigError, RewardSpec
 from steerl.curriculum import build_curriculum, informative_groups
 from steerl.logging import ConsoleProgress, MetricLogger
 from steerl.logprobs import completion_logprobs
-from steerl.losses import LossInputs, build_policy_loss, sft_loss
+from steerl.losses import (
+    DemoInputs,
+    LossInputs,
+    LossTerm,
+    PairInputs,
+    build_aux_terms,
+    build_policy_loss,
+    global_counts,
+    kl_estimate,
+    loss_requirements,
+    sft_loss,
+)
 from steerl.models import load_policy, make_reference
-from steerl.objectives import build_balancer, group_advantages, weighted_sum
+from steerl.objectives import build_balancer, weighted_sum
+from steerl.objectives.advantages import compute_advantages
 from steerl.rewards import build_rewards
 from steerl.rollout import Rollout, decode_completions, encode_prompts, generate
 from steerl.schedules import WarmupDecay
@@ -59,6 +73,21 @@ class TrainerState:
     generate_seconds: float = 0.0  # time spent sampling them
 
 
+@dataclass
+class _AuxBatch:
+    """Data of the auxiliary loss terms for one RL batch (group g = rows g*G .. g*G+G-1)."""
+
+    demos: Rollout | None = None  # reference answers as a teacher-forcing batch
+    demo_group: torch.Tensor | None = None  # (D,) group of each demonstration row
+    demo_tokens: float = 1.0  # demonstration tokens in the whole batch
+    pairs: torch.Tensor | None = None  # (P, 3): group, chosen row, rejected row
+    num_pairs: float = 1.0  # pairs in the whole batch
+
+
+#: The frozen reference RL started from, saved in the run directory after a warm-up.
+REFERENCE_FILE = "reference.safetensors"
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -71,6 +100,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.callbacks = list(callbacks or [])
         self.should_stop = False
+        problems = loss_requirements(cfg)
+        if problems:
+            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
         threads = cfg.train.threads or min(4, torch.get_num_threads())
         torch.set_num_threads(threads)
         set_seed(cfg.train.seed)
@@ -84,8 +116,10 @@ class Trainer:
         self.model = self.policy.model
         self.tokenizer = self.policy.tokenizer
         self.device = self.policy.device
-        self.reference = make_reference(self.policy, cfg.model, cfg.loss.kl_coef)
-        self.loss = build_policy_loss(cfg.loss)
+        # make_reference's last argument only decides whether model.reference=auto builds one
+        self.reference = make_reference(self.policy, cfg.model, float(cfg.loss.needs_reference))
+        self.loss = build_policy_loss(cfg.loss)  # the "policy" term
+        self.aux_terms = build_aux_terms(cfg.loss)  # loss.aux: further named terms
         self.balancer = build_balancer(cfg.objectives)
         self.curriculum = build_curriculum(cfg.curriculum, self.task.train, cfg.train.seed)
         self.guard = NonFiniteGuard(
@@ -145,7 +179,39 @@ class Trainer:
         self.state = TrainerState(**state["trainer"])
         self.optimizer = self._make_optimizer(self.phase)
         ckpt.load_optimizer(path, self.optimizer)
+        self._restore_reference()
         return True
+
+    # ------------------------------------------------------------------ reference (KL, DPO)
+    def _start_reference(self) -> None:
+        """After a warm-up, the reference becomes the policy RL starts from (kept on disk)."""
+        if self.reference is None:
+            return
+        from safetensors.torch import save_model
+
+        self.reference.load_state_dict(self.model.state_dict())
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / f".tmp-{REFERENCE_FILE}"
+        save_model(self.reference, str(tmp))
+        os.replace(tmp, self.run_dir / REFERENCE_FILE)
+
+    def _restore_reference(self) -> None:
+        """On resume into RL after a warm-up: the reference saved when RL started."""
+        if self.reference is None or not self.cfg.warmup.steps or self.phase != "rl":
+            return
+        path = self.run_dir / REFERENCE_FILE
+        if path.is_file():
+            from safetensors.torch import load_model
+
+            load_model(self.reference, str(path), strict=False)
+            return
+        if self.state.rl_step:
+            warnings.warn(
+                f"{path} is missing (no reference was needed when RL started): the KL/DPO "
+                "reference is the resumed policy, not the one RL started from",
+                stacklevel=2,
+            )
+        self._start_reference()  # resumed at the warm-up/RL boundary: the same weights
 
     def save(self) -> Path:
         return ckpt.save_checkpoint(
@@ -200,6 +266,7 @@ class Trainer:
         self.state.warmup_step += 1
         if self.state.warmup_step == w.steps:  # RL starts with its own optimizer (as on resume)
             self.optimizer = self._make_optimizer("rl")
+            self._start_reference()
         return {
             "phase": "warmup",
             "warmup/loss": float(loss.detach()),
@@ -245,8 +312,10 @@ class Trainer:
         scored = self.rewards.score(texts, completions, fields, step)
         reward = weighted_sum(scored.scores, scored.weights)
 
-        # 4. advantages: group-normalised; unscored samples get zero
-        adv = group_advantages(reward, G, scale=cfg.loss.advantage == "group_mean_std")
+        # 4. advantages by loss.advantage (unscored samples get zero); with loss.kl_in=reward
+        #    the sequence KL to the reference is subtracted from the reward first
+        shaped, ref_lp, kl_metrics = self._kl_shaped_reward(batch, reward)
+        adv = compute_advantages(shaped, G, cfg.loss.advantage)
 
         # 5. curriculum update with what this batch taught us
         self.curriculum.update([p.id for p in prompts], reward.view(B, G), step)
@@ -256,13 +325,21 @@ class Trainer:
         if cfg.curriculum.drop_zero_variance:
             keep = informative_groups(reward, G, cfg.curriculum.zero_variance_tol)
         rows = keep.repeat_interleave(G).nonzero().squeeze(-1)
+        kept = [p for p, k in zip(prompts, keep.tolist()) if k]
 
         # 7-9. losses -> balancer (backward) -> stability -> optimizer
         lr = cfg.optim.lr * self.lr_schedule.value(step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         t1 = time.perf_counter()
-        update = self._policy_update(batch.index(rows), adv[rows]) if len(rows) else {}
+        update = {}
+        if len(rows):
+            update = self._policy_update(
+                batch.index(rows),
+                adv[rows],
+                ref_lp=None if ref_lp is None else ref_lp[rows],
+                aux=self._aux_batch(reward[rows], kept),
+            )
         t_upd = time.perf_counter() - t1
 
         self.state.rl_step += 1
@@ -284,6 +361,7 @@ class Trainer:
             }
         )
         m.update({f"train/{k}": v for k, v in scored.metrics.items()})
+        m.update(kl_metrics)
         m.update(update)
         if cfg.logging.samples_every and step % cfg.logging.samples_every == 0:
             self._samples = [
@@ -292,51 +370,121 @@ class Trainer:
             ]
         return m
 
-    def _policy_update(self, batch: Rollout, adv: torch.Tensor) -> dict[str, Any]:
-        """Micro-batched losses, one optimizer step per epoch over the batch."""
-        cfg = self.cfg
-        self.model.train()
-        n = batch.completion_ids.shape[0]
-        total_tokens = float(batch.completion_mask.sum())
-        mbs = cfg.loss.micro_batch_size
-        old_lp = batch.logprobs
-        if cfg.loss.epochs > 1:  # importance ratios need the current policy's logprobs
-            with torch.no_grad():
-                old_lp = torch.cat(
-                    [
-                        completion_logprobs(
-                            self.model, batch.index(torch.arange(i, min(i + mbs, n)))
-                        )[0]
-                        for i in range(0, n, mbs)
-                    ]
+    def _kl_shaped_reward(
+        self, batch: Rollout, reward: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
+        """``(reward - kl_coef * sum_t k(pi, ref), ref logprobs, metrics)`` with kl_in=reward.
+
+        Otherwise the reward itself, ``None``, ``{}``. The sum runs over each completion's
+        tokens with ``loss.kl_estimator`` (k1 unless set). The reference log-probs are returned
+        so the policy update does not compute them again.
+        """
+        lc = self.cfg.loss
+        if lc.kl_in != "reward" or lc.kl_coef == 0 or self.reference is None:
+            return reward, None, {}
+        plan = self._micro_batches(batch.completion_ids.shape[0])
+        lp = self._logprobs_no_grad(self.model, batch, plan)
+        ref_lp = self._logprobs_no_grad(self.reference, batch, plan)
+        kl = (kl_estimate(lp, ref_lp, lc.kl_estimator) * batch.completion_mask).sum(-1)
+        kl = kl.to(reward.device, reward.dtype)
+        return reward - lc.kl_coef * kl, ref_lp, {"train/kl_reward": float(kl.mean())}
+
+    def _micro_batches(self, n: int) -> list[torch.Tensor]:
+        """Row indices of each micro-batch; whole groups when auxiliary terms need them."""
+        mbs = self.cfg.loss.micro_batch_size
+        if self.aux_terms:
+            g = self.cfg.rollout.group_size
+            mbs = max(1, mbs // g) * g
+        return [torch.arange(i, min(i + mbs, n)) for i in range(0, n, mbs)]
+
+    @torch.no_grad()
+    def _logprobs_no_grad(
+        self, model: torch.nn.Module, batch: Rollout, plan: list[torch.Tensor]
+    ) -> torch.Tensor:
+        return torch.cat([completion_logprobs(model, batch.index(idx))[0] for idx in plan])
+
+    def _aux_batch(self, reward: torch.Tensor, prompts: list[Prompt]) -> _AuxBatch | None:
+        """Data of the ``loss.aux`` terms for the kept groups (one prompt per group).
+
+        Demonstrations: each prompt's reference answer (prompts without one are skipped).
+        Pairs: per group, the best- vs the worst-rewarded completion, where they differ.
+        """
+        kinds = {t.inputs for t in self.aux_terms}
+        if not kinds:
+            return None
+        G = self.cfg.rollout.group_size
+        aux = _AuxBatch()
+        if "demonstrations" in kinds:
+            groups = [g for g, p in enumerate(prompts) if p.answer is not None]
+            if groups:
+                aux.demos = self.make_batch(
+                    [prompts[g].text for g in groups], [str(prompts[g].answer) for g in groups]
                 )
+                aux.demo_group = torch.tensor(groups)
+                aux.demo_tokens = float(aux.demos.completion_mask.sum())
+        if "pairs" in kinds:
+            r = reward.view(-1, G)
+            hi, lo = r.nan_to_num(-math.inf), r.nan_to_num(math.inf)
+            groups = (hi.amax(-1) > lo.amin(-1)).nonzero().squeeze(-1)
+            chosen = groups * G + hi.argmax(-1)[groups]
+            rejected = groups * G + lo.argmin(-1)[groups]
+            aux.pairs = torch.stack([groups, chosen, rejected], -1)
+            aux.num_pairs = float(len(groups))
+        return aux
+
+    def _policy_update(
+        self,
+        batch: Rollout,
+        adv: torch.Tensor,
+        ref_lp: torch.Tensor | None = None,
+        aux: _AuxBatch | None = None,
+    ) -> dict[str, Any]:
+        """Micro-batched loss terms, one optimizer step per epoch over the batch.
+
+        Every micro-batch hands the balancer ``{"policy": loss, <aux name>: coef * term}``;
+        all denominators count the whole batch, so the micro-batch gradients add up to the
+        full-batch gradient.
+        """
+        cfg, lc = self.cfg, self.cfg.loss
+        self.model.train()
+        plan = self._micro_batches(batch.completion_ids.shape[0])
+        mask = batch.completion_mask.float()
+        total_tokens, total_seqs = global_counts(mask, batch.truncated, lc.mask_truncated)
+        all_tokens = float(mask.sum())
+        # importance ratios of later epochs are against the policy that sampled the batch
+        old_lp = self._logprobs_no_grad(self.model, batch, plan) if lc.epochs > 1 else None
+        if ref_lp is None and self.reference is not None:
+            ref_lp = self._logprobs_no_grad(self.reference, batch, plan)
         out: dict[str, Any] = {}
-        for _ in range(cfg.loss.epochs):
+        for _ in range(lc.epochs):
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum, sums = 0.0, {}
-            for i in range(0, n, mbs):
-                idx = torch.arange(i, min(i + mbs, n))
+            for idx in plan:
                 mb = batch.index(idx)
-                lp, ent = completion_logprobs(self.model, mb, with_entropy=True)
-                ref_lp = None
-                if self.reference is not None:
-                    with torch.no_grad():
-                        ref_lp, _ = completion_logprobs(self.reference, mb)
-                old = old_lp[idx] if cfg.loss.epochs > 1 else lp.detach()
+                lp, ent = completion_logprobs(
+                    self.model, mb, with_entropy=True, entropy_grad=lc.entropy_coef > 0
+                )
                 inputs = LossInputs(
-                    lp,
-                    old,
-                    adv[idx],
-                    mb.completion_mask.float(),
-                    total_tokens,
-                    float(n),
-                    ref_lp,
-                    ent,
+                    logprobs=lp,
+                    old_logprobs=lp.detach() if old_lp is None else old_lp[idx],
+                    advantages=adv[idx],
+                    mask=mb.completion_mask.float(),
+                    total_tokens=total_tokens,
+                    total_sequences=total_seqs,
+                    ref_logprobs=None if ref_lp is None else ref_lp[idx],
+                    entropy=ent,
+                    max_len=float(cfg.rollout.max_new_tokens),
+                    truncated=mb.truncated,
                 )
                 loss, metrics = self.loss(inputs)
-                weights = self.balancer.combine({"policy": loss}, self.model.parameters())
-                loss_sum += float(loss.detach())
-                metrics["entropy"] = (ent * mb.completion_mask).sum() / total_tokens
+                terms = {"policy": loss}
+                for term in self.aux_terms:
+                    value, term_metrics = self._aux_term(term, idx, inputs, aux)
+                    terms[term.name] = term.coef * value
+                    metrics.update({f"{term.name}/{k}": v for k, v in term_metrics.items()})
+                weights = self.balancer.combine(terms, self.model.parameters())
+                loss_sum += sum(float(v.detach()) for v in terms.values())
+                metrics["entropy"] = (ent.detach() * inputs.mask).sum() / all_tokens
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
             pre, post = grad_norm_and_clip(self.model.parameters(), cfg.stability.max_grad_norm)
@@ -353,6 +501,32 @@ class Trainer:
             out.update({f"train/{k}": v for k, v in sums.items()})
             out.update({f"balancer/{k}": v for k, v in weights.items()})
         return out
+
+    def _aux_term(
+        self, term: LossTerm, idx: torch.Tensor, x: LossInputs, aux: _AuxBatch | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One auxiliary term on the groups of micro-batch ``idx`` (always whole groups)."""
+        G, start = self.cfg.rollout.group_size, int(idx[0])
+        g0, g1 = start // G, int(idx[-1]) // G + 1
+        zero = x.logprobs.new_zeros(())
+        if term.inputs == "demonstrations":
+            if aux is None or aux.demos is None:
+                return zero, {}
+            rows = ((aux.demo_group >= g0) & (aux.demo_group < g1)).nonzero().squeeze(-1)
+            if not len(rows):
+                return zero, {}
+            demos = aux.demos.index(rows)
+            lp, _ = completion_logprobs(self.model, demos)
+            return term(DemoInputs(lp, demos.completion_mask.float(), aux.demo_tokens))
+        if term.inputs == "pairs":
+            if aux is None or aux.pairs is None or x.ref_logprobs is None:
+                return zero, {}
+            sel = aux.pairs[(aux.pairs[:, 0] >= g0) & (aux.pairs[:, 0] < g1)]
+            c, r = sel[:, 1] - start, sel[:, 2] - start
+            seq = (x.logprobs * x.mask).sum(-1)
+            ref = (x.ref_logprobs * x.mask).sum(-1)
+            return term(PairInputs(seq[c], seq[r], ref[c], ref[r], aux.num_pairs))
+        return term(x)  # "rollout": the same inputs as the policy loss
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

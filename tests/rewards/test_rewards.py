@@ -296,3 +296,97 @@ def test_combined_weights_and_nan():
     assert rs.combined(res).tolist() == [5.0]
     with pytest.raises(ValueError, match="unique"):
         make_set(ones, ones)
+
+
+# --------------------------------------------------------------------------- timeouts / limits
+def test_spec_timeout_and_limit_validated():
+    from pydantic import ValidationError
+
+    assert RewardSpec(name="exact_match").timeout is None
+    assert RewardSpec(name="exact_match").max_failed_steps == 3
+    for bad in ({"timeout": 0}, {"timeout": -1.0}, {"max_failed_steps": 0}):
+        with pytest.raises(ValidationError):
+            RewardSpec(name="exact_match", **bad)
+    assert RewardSpec(name="exact_match", max_failed_steps=None).max_failed_steps is None
+
+
+def test_slow_reward_times_out_and_run_goes_on(caplog):
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def slow(prompts, completions, **fields):
+        release.wait(10)
+        return [1.0] * len(completions)
+
+    from steerl.rewards import BoundReward
+
+    rs = RewardSet(
+        [BoundReward("slow", slow, timeout=0.2, max_failed_steps=2), BoundReward("ones", ones)]
+    )
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="steerl.rewards"):
+        res = rs.score(["p"] * 3, ["c"] * 3, {}, 0)
+    assert time.monotonic() - t0 < 2.0
+    assert torch.isnan(res.scores[:, 0]).all() and res.scores[:, 1].tolist() == [1.0] * 3
+    assert res.metrics["reward/slow/timed_out"] == 1.0
+    assert res.metrics["reward/slow/unscored"] == 1.0
+    assert "reward/ones/timed_out" not in res.metrics  # only rewards with a timeout
+    assert any("timed out after 0.2 s" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RewardFailure, match=r"'slow'.*2 consecutive.*timed out"):
+        rs.score(["p"], ["c"], {}, 1)
+    release.set()
+
+
+def test_timeout_reward_in_time_and_raising():
+    def quick(prompts, completions, step, **fields):
+        return [float(step)] * len(completions)
+
+    from steerl.rewards import BoundReward
+
+    rs = RewardSet([BoundReward("quick", quick, timeout=5.0), BoundReward("boom", boom, timeout=5)])
+    res = rs.score(["p", "p"], ["a", "b"], {}, 4)
+    assert res.scores[:, 0].tolist() == [4.0, 4.0]
+    assert res.metrics["reward/quick/timed_out"] == 0.0
+    assert torch.isnan(res.scores[:, 1]).all() and res.metrics["reward/boom/timed_out"] == 0.0
+
+
+def test_timeout_from_spec(user_module):
+    rs = build_rewards([spec(f"{user_module}:myreward", timeout=3.0, alias="m")])
+    assert rs.rewards[0].timeout == 3.0
+    res = rs.score(["p"], ["ab"], {"answer": ["x"]}, 1)
+    assert res.scores.tolist() == [[3.0]] and res.metrics["reward/m/timed_out"] == 0.0
+
+
+def test_max_failed_steps_per_reward():
+    def boom2(prompts, completions, **fields):
+        raise RuntimeError("also broken")
+
+    # from specs: each reward's own value; unset ones use build_rewards' default
+    rs = build_rewards(
+        [
+            spec("exact_match", alias="lenient", max_failed_steps=5),
+            spec("exact_match", alias="strict", max_failed_steps=2),
+            spec("exact_match", alias="never", max_failed_steps=None),
+        ]
+    )
+    assert [rs.limit(r) for r in rs.rewards] == [5, 2, None]
+    rs.score(["p"], ["1"], {}, 0)  # no answer column: every reward unscored
+    with pytest.raises(RewardFailure, match="'strict'.*now 2"):
+        rs.score(["p"], ["1"], {}, 1)
+    inherited = build_rewards([spec("exact_match")], max_failed_steps=7)
+    assert inherited.limit(inherited.rewards[0]) == 7
+
+    from steerl.rewards import BoundReward
+
+    rs = RewardSet(
+        [BoundReward("boom", boom, max_failed_steps=None), BoundReward("boom2", boom2)],
+        max_failed_steps=4,
+    )
+    for step in range(3):
+        rs.score(["p"], ["c"], {}, step)
+    with pytest.raises(RewardFailure, match="'boom2'.*4 consecutive"):
+        rs.score(["p"], ["c"], {}, 3)
+    with pytest.raises(ValueError, match="timeout"):
+        BoundReward("x", ones, timeout=0)

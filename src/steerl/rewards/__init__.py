@@ -5,7 +5,8 @@ A reward is ``fn(prompts, completions, **fields) -> list[float | None]`` (or a
 ``@reward("name")`` or name it in a recipe as ``package.module:function``.
 """
 
-from steerl.rewards import builtins  # noqa: F401 - registers the built-in rewards
+# registers the built-in rewards
+from steerl.rewards import builtins, code_exec, math_answer, reward_model  # noqa: F401
 from steerl.rewards.base import REWARDS, RewardFn, RewardOutput, reward
 from steerl.rewards.combine import (
     BoundReward,

@@ -3,18 +3,30 @@
 ``build_rewards(specs)`` turns the recipe's ``rewards`` list into a :class:`RewardSet`; its
 ``score(prompts, completions, fields, step)`` returns a :class:`RewardResult` with one column
 per reward (NaN: unscored). A failing reward never stops training by itself: an exception, a
-malformed return value or a NaN/inf/non-numeric score only leaves samples unscored (with a
-warning on the ``steerl.rewards`` logger, once per step). Only a reward that scores no sample
-for ``max_failed_steps`` consecutive calls raises :class:`RewardFailure`.
+malformed return value, a NaN/inf/non-numeric score or a call slower than the reward's
+``timeout`` only leaves samples unscored (with a warning on the ``steerl.rewards`` logger, once
+per step). Only a reward that scores no sample for its ``max_failed_steps`` consecutive calls
+raises :class:`RewardFailure`.
+
+Timeouts: a reward with ``timeout`` set runs in a fresh daemon thread; past the deadline its
+samples are unscored, the call is counted as failed (``reward/<label>/timed_out`` is 1) and the
+thread is abandoned. Python cannot stop a thread, so a CPU-bound reward keeps running (and
+holding the GIL between bytecodes) in the background until it returns on its own; for hard
+isolation run the work in a subprocess, as ``code_exec`` does with
+:mod:`steerl.rewards.sandbox`.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 import math
 import numbers
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,20 +67,39 @@ class RewardResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+class _Inherit(enum.Enum):
+    INHERIT = "inherit"
+
+
+#: ``BoundReward.max_failed_steps`` default: use the :class:`RewardSet`'s value.
+INHERIT = _Inherit.INHERIT
+
+
 @dataclass
 class BoundReward:
-    """A reward function with its label, weight and bound keyword args."""
+    """A reward function with its label, weight, bound keyword args and call limits.
+
+    ``timeout``: seconds per call (None: no limit). ``max_failed_steps``: all-unscored calls
+    in a row before :class:`RewardFailure` (None: never; ``INHERIT``: the set's value).
+    """
 
     label: str
     fn: Callable[..., Any]
     weight: float = 1.0
     args: dict[str, Any] = field(default_factory=dict)
     name: str | None = None  # as written in the recipe (default: label)
+    timeout: float | None = None
+    max_failed_steps: int | None | _Inherit = INHERIT
     accepts: frozenset[str] | None = field(init=False, default=None)  # None: any (**kwargs)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.label
         self.accepts = _keyword_names(self.fn)
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"reward {self.label!r}: timeout must be > 0, got {self.timeout}")
+        m = self.max_failed_steps
+        if m is not INHERIT and m is not None and m < 1:
+            raise ValueError(f"reward {self.label!r}: max_failed_steps must be >= 1, got {m}")
 
     def kwargs(self, fields: Mapping[str, list[Any]], step: int) -> dict[str, Any]:
         """The keywords of one call: the fields it accepts, ``step``, then the bound args."""
@@ -121,7 +152,11 @@ def _check_signature(fn: Callable[..., Any], args: Mapping[str, Any], where: str
 
 
 def bind_reward(spec: RewardSpec, index: int | None = None) -> BoundReward:
-    """Resolve ``spec.name``, check and bind ``spec.args``; raises ConfigError."""
+    """Resolve ``spec.name``, check and bind ``spec.args``; raises ConfigError.
+
+    ``spec.timeout`` is bound; ``spec.max_failed_steps`` only when the recipe sets it (else
+    the :class:`RewardSet`'s value applies).
+    """
     loc = f"rewards.{index}" if index is not None else "rewards"
     where = f"{loc}: reward {spec.name!r}"
     try:
@@ -145,13 +180,23 @@ def bind_reward(spec: RewardSpec, index: int | None = None) -> BoundReward:
             raise ConfigError(f"{prefix}: {msg}") from None
         if checked is not None:
             args = dict(checked)
+    own_limit = "max_failed_steps" in spec.model_fields_set
     return BoundReward(
-        label=spec.label, fn=fn, weight=float(spec.weight), args=args, name=spec.name
+        label=spec.label,
+        fn=fn,
+        weight=float(spec.weight),
+        args=args,
+        name=spec.name,
+        timeout=spec.timeout,
+        max_failed_steps=spec.max_failed_steps if own_limit else INHERIT,
     )
 
 
 def build_rewards(specs: Sequence[RewardSpec], max_failed_steps: int | None = 3) -> RewardSet:
-    """Build the rewards of a recipe; every resolution problem is a ConfigError."""
+    """Build the rewards of a recipe; every resolution problem is a ConfigError.
+
+    ``max_failed_steps`` applies to the specs that do not set their own.
+    """
     bound = [bind_reward(spec, i) for i, spec in enumerate(specs)]
     labels = [b.label for b in bound]
     dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -201,7 +246,10 @@ def _column_metrics(values: list[float], n: int) -> dict[str, float]:
 
 
 class RewardSet:
-    """Runs K rewards on a batch, isolating their failures; see the module docstring."""
+    """Runs K rewards on a batch, isolating their failures; see the module docstring.
+
+    ``max_failed_steps`` is the default for rewards whose own value is ``INHERIT``.
+    """
 
     def __init__(self, rewards: Sequence[BoundReward], max_failed_steps: int | None = 3):
         if max_failed_steps is not None and max_failed_steps < 1:
@@ -217,6 +265,13 @@ class RewardSet:
         self._last_error: dict[str, str] = {}
         self._warned_step: dict[str, int] = {}
         self._traced: set[str] = set()
+        self._background: dict[str, list[threading.Thread]] = {r.label: [] for r in self.rewards}
+
+    def limit(self, r: BoundReward) -> int | None:
+        """The consecutive all-unscored calls after which ``r`` stops the run (None: never)."""
+        if r.max_failed_steps is INHERIT:
+            return self.max_failed_steps
+        return r.max_failed_steps  # type: ignore[return-value]
 
     @property
     def names(self) -> list[str]:
@@ -241,6 +296,41 @@ class RewardSet:
             "reward %r at step %d: %s", label, step, msg, exc_info=exc if trace else None
         )
 
+    def _call(
+        self,
+        r: BoundReward,
+        prompts: list[str],
+        completions: list[str],
+        fields: Mapping[str, list[Any]],
+        step: int,
+    ) -> tuple[bool, Any]:
+        """(finished in time, return value); the reward's own exception propagates."""
+        kwargs = r.kwargs(fields, step)
+        if r.timeout is None:
+            return True, r.fn(list(prompts), list(completions), **kwargs)
+        fut: Future[Any] = Future()
+        p, c = list(prompts), list(completions)
+
+        def target() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(r.fn(p, c, **kwargs))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(e)
+
+        # A daemon thread (not an executor's): an abandoned call must not block exit.
+        thread = threading.Thread(target=target, name=f"steerl-reward-{r.label}", daemon=True)
+        thread.start()
+        done, _ = wait_futures([fut], timeout=r.timeout)
+        alive = [t for t in self._background[r.label] if t.is_alive()]
+        if not done:
+            alive.append(thread)
+            self._background[r.label] = alive
+            return False, None
+        self._background[r.label] = alive
+        return True, fut.result()
+
     def _run_one(
         self,
         r: BoundReward,
@@ -253,17 +343,27 @@ class RewardSet:
         n = len(completions)
         unscored = [math.nan] * n
         try:
-            out = r.fn(list(prompts), list(completions), **r.kwargs(fields, step))
+            finished, out = self._call(r, prompts, completions, fields, step)
         except Exception as e:  # noqa: BLE001 - isolation: a reward must not stop training
             problem = f"raised {type(e).__name__}: {e}"
             self._warn(r.label, step, f"{problem}; its {n} samples are unscored", e)
-            return unscored, {}, problem
+            return unscored, self._timeout_metric(r, False), problem
+        if not finished:
+            running = len(self._background[r.label])
+            problem = f"timed out after {r.timeout:g} s"
+            more = (
+                f" ({running} abandoned calls still running in the background)"
+                if running > 1
+                else ""
+            )
+            self._warn(r.label, step, f"{problem}; its {n} samples are unscored{more}")
+            return unscored, self._timeout_metric(r, True), problem
 
-        extra: dict[str, float] = {}
+        extra: dict[str, float] = self._timeout_metric(r, False)
         raw = out
         if isinstance(out, RewardOutput):
             raw = out.scores
-            extra = self._extra_metrics(r, out.metrics, step)
+            extra.update(self._extra_metrics(r, out.metrics, step))
         values = _as_list(raw)
         if values is None:
             problem = f"returned a {type(raw).__name__}, not a list of scores"
@@ -294,6 +394,10 @@ class RewardSet:
             return col, extra, problem
         self._warn(r.label, step, f"{problem}; all {n} samples are unscored")
         return unscored, extra, problem
+
+    @staticmethod
+    def _timeout_metric(r: BoundReward, timed_out: bool) -> dict[str, float]:
+        return {} if r.timeout is None else {"timed_out": 1.0 if timed_out else 0.0}
 
     def _extra_metrics(self, r: BoundReward, metrics: Any, step: int) -> dict[str, float]:
         if not isinstance(metrics, Mapping):
@@ -366,11 +470,10 @@ class RewardSet:
         self._last_error[label] = problem or "no sample scored"
 
     def _raise_if_failed(self, step: int, fields: Mapping[str, Any]) -> None:
-        if self.max_failed_steps is None:
-            return
         for r in self.rewards:
+            limit = self.limit(r)
             count = self._failed.get(r.label, 0)
-            if count < self.max_failed_steps:
+            if limit is None or count < limit:
                 continue
             last = self._last_error.get(r.label, "no sample scored")
             given = ", ".join(sorted(fields)) or "none"
@@ -381,8 +484,8 @@ class RewardSet:
                 f"{last}. Fix the reward (the first warning from the 'steerl.rewards' logger "
                 f"has its traceback), check that the data provides the fields it reads "
                 f"(fields given: {given}), or remove it from the recipe's rewards; a reward "
-                f"that legitimately skips whole batches needs a larger max_failed_steps "
-                f"(now {self.max_failed_steps}).",
+                f"that legitimately skips whole batches needs a larger max_failed_steps on "
+                f"its entry in rewards (now {limit}; null: never stop).",
                 label=r.label,
                 steps=count,
                 last_error=last,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,18 +56,66 @@ def rows_to_prompts(rows: list[dict[str, Any]], cfg: TaskConfig, source: str) ->
                 "is not a number"
             ) from None
         known = {f.prompt, f.answer, f.difficulty, f.category, f.id}
-        answer = row.get(f.answer)
         out.append(
             Prompt(
                 id=str(row.get(f.id, f"{Path(source).stem}-{i}")),
-                text=str(row[f.prompt]),
-                answer=None if answer is None else str(answer),
+                text=_render(cfg.prompt_template, row, f.prompt, source, i),
+                answer=extract_answer(row.get(f.answer), cfg.answer_pattern),
                 difficulty=diff,
                 category=str(row.get(f.category, "default")),
                 meta={k: v for k, v in row.items() if k not in known},
             )
         )
     return out
+
+
+def extract_answer(raw: Any, pattern: str | None) -> str | None:
+    """The reference answer: group 1 of the last match of ``pattern`` (or the whole value).
+
+    GSM8K's answers end in ``#### 42``: ``answer_pattern: "####\\s*(.+?)\\s*$"`` keeps ``42``.
+    A value the pattern does not match gives ``None`` (the sample is left unscored).
+    """
+    if raw is None:
+        return None
+    text = str(raw)
+    if pattern is None:
+        return text
+    matches = list(re.finditer(pattern, text, flags=re.MULTILINE))
+    return matches[-1].group(1).strip() if matches else None
+
+
+def _render(template: str, row: dict[str, Any], prompt_field: str, source: str, i: int) -> str:
+    try:
+        return template.format(**{**row, "prompt": row[prompt_field]})
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(
+            f"{source}, row {i + 1}: task.prompt_template {template!r} cannot be filled "
+            f"({type(e).__name__}: {e}); fields present: {sorted(row)}"
+        ) from None
+
+
+def split_pools(
+    train: list[Prompt], evals: list[Prompt] | None, cfg: TaskConfig, source: str
+) -> tuple[list[Prompt], list[Prompt]]:
+    """Seeded held-out split when no eval data is given; drop eval prompts from training."""
+    if evals is None:
+        order = list(range(len(train)))
+        random.Random(cfg.seed).shuffle(order)
+        n_eval = max(1, int(round(cfg.eval_fraction * len(train))))
+        if n_eval >= len(train):
+            raise ConfigError(f"{source}: too few rows ({len(train)}) to split off eval")
+        held = set(order[:n_eval])
+        evals = [p for i, p in enumerate(train) if i in held]
+        train = [p for i, p in enumerate(train) if i not in held]
+    if cfg.max_train is not None:
+        train = train[: cfg.max_train]
+    if cfg.max_eval is not None:
+        evals = evals[: cfg.max_eval]
+    eval_texts = {p.text for p in evals}
+    train = [p for p in train if p.text not in eval_texts]
+    if not train:
+        raise ConfigError(f"{source}: no training rows left after removing held-out prompts")
+    return train, evals
 
 
 class FileTask(Task):
@@ -77,19 +126,7 @@ class FileTask(Task):
     def __init__(self, cfg: TaskConfig):
         assert cfg.path is not None
         train = rows_to_prompts(read_rows(cfg.path), cfg, cfg.path)
+        evals = None
         if cfg.eval_path:
             evals = rows_to_prompts(read_rows(cfg.eval_path), cfg, cfg.eval_path)
-        else:
-            order = list(range(len(train)))
-            random.Random(cfg.seed).shuffle(order)
-            n_eval = max(1, int(round(cfg.eval_fraction * len(train))))
-            if n_eval >= len(train):
-                raise ConfigError(f"task.path {cfg.path!r} has too few rows to split off eval")
-            held = set(order[:n_eval])
-            evals = [p for i, p in enumerate(train) if i in held]
-            train = [p for i, p in enumerate(train) if i not in held]
-        eval_texts = {p.text for p in evals}
-        train = [p for p in train if p.text not in eval_texts]
-        if not train:
-            raise ConfigError(f"task.path {cfg.path!r}: no training rows left")
-        super().__init__(train, evals)
+        super().__init__(*split_pools(train, evals, cfg, cfg.path))
