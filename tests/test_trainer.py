@@ -200,14 +200,14 @@ def test_nonfinite_step_is_skipped(tmp_path, tiny_config):
     rl = {r["step"]: r for r in read_metrics(tmp_path) if r.get("phase") == "rl"}
     assert rl[2]["train/loss"] is not None and math.isfinite(rl[2]["train/loss"])
     assert rl[3]["train/loss"] is None  # NaN
-    assert rl[3]["train/skipped_steps"] == 1
-    assert rl[4]["train/skipped_steps"] == 1
+    assert rl[3]["stability/skipped_steps"] == 1
+    assert rl[4]["stability/skipped_steps"] == 1
     # step 3 (RL step 1) left the weights as they were; the steps around it did not
     assert not _same(snaps.after[1], snaps.after[2])
     assert _same(snaps.after[2], snaps.after[3])
     assert not _same(snaps.after[3], snaps.after[4])
     assert all(torch.isfinite(v).all() for v in snaps.after[4].values())
-    assert trainer.guard.skipped == 1 and trainer.guard.consecutive == 0
+    assert trainer.stability.nonfinite.skipped == 1 and trainer.stability.consecutive_skips == 0
 
 
 def test_consecutive_nonfinite_steps_stop_the_run(tmp_path, tiny_config):

@@ -160,6 +160,11 @@ def load_checkpoint(
     return state
 
 
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of a checkpoint (components' states under "components")."""
+    return json.loads((Path(path) / "trainer_state.json").read_text())
+
+
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> bool:
     f = path / "optimizer.pt"
     if not f.is_file():

@@ -39,9 +39,9 @@ def _is_user_error(e: Exception) -> bool:
         return True
     from steerl.models import ModelLoadError  # heavy imports: only for the remaining cases
     from steerl.rewards import RewardFailure
-    from steerl.stability import NonFiniteError
+    from steerl.stability import StabilityError
 
-    return isinstance(e, (ModelLoadError, RewardFailure, NonFiniteError))
+    return isinstance(e, (ModelLoadError, RewardFailure, StabilityError))
 
 
 @contextmanager

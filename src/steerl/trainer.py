@@ -44,8 +44,15 @@ from steerl.objectives import build_balancer, weighted_sum
 from steerl.objectives.advantages import compute_advantages
 from steerl.rewards import build_rewards
 from steerl.rollout import Rollout, decode_completions, encode_prompts, generate
-from steerl.schedules import WarmupDecay
-from steerl.stability import NonFiniteGuard, grad_norm_and_clip
+from steerl.schedules import (
+    AdaptiveKLController,
+    WarmupDecay,
+    coef_schedules,
+    lr_schedule,
+    param_groups,
+    parse_coef_key,
+)
+from steerl.stability import StabilityManager, grad_norm_and_clip
 from steerl.tasks import Prompt, build_task
 
 
@@ -71,6 +78,7 @@ class TrainerState:
     wall_seconds: float = 0.0  # accumulated over resumed segments
     generated_tokens: int = 0  # completion tokens sampled in RL steps
     generate_seconds: float = 0.0  # time spent sampling them
+    stop_reason: str | None = None  # why the run stopped before train.steps (early stop, ...)
 
 
 @dataclass
@@ -122,11 +130,13 @@ class Trainer:
         self.aux_terms = build_aux_terms(cfg.loss)  # loss.aux: further named terms
         self.balancer = build_balancer(cfg.objectives)
         self.curriculum = build_curriculum(cfg.curriculum, self.task.train, cfg.train.seed)
-        self.guard = NonFiniteGuard(
-            cfg.stability.skip_nonfinite, cfg.stability.max_consecutive_skips
-        )
-        self.lr_schedule = WarmupDecay(
-            cfg.schedule.name, cfg.train.steps, cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio
+        self.stability = StabilityManager(cfg.stability, cfg.train.steps)
+        self.lr_schedule = lr_schedule(cfg.schedule, cfg.train.steps)
+        self.coefs = coef_schedules(cfg.schedule, cfg.train.steps)  # loss/reward coefficients
+        self.kl_ctl = (
+            AdaptiveKLController.from_config(cfg.schedule.kl_controller, cfg.loss.kl_coef)
+            if cfg.schedule.kl_controller is not None
+            else None
         )
         self.sampler = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
         self.demo_rng = random.Random(cfg.train.seed + 1)
@@ -136,9 +146,11 @@ class Trainer:
     # ------------------------------------------------------------------ setup helpers
     def _make_optimizer(self, phase: str) -> torch.optim.Optimizer:
         o = self.cfg.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
         if phase == "warmup":
+            params = [p for p in self.model.parameters() if p.requires_grad]
             return torch.optim.AdamW(params, lr=self.cfg.warmup.lr, weight_decay=0.0)
+        # schedule.param_groups: named groups with their own lr_scale (e.g. LoRA vs head)
+        params = param_groups(self.model, self.cfg.schedule, o.lr)
         if o.name == "sgd":
             return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay)
         cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
@@ -159,7 +171,8 @@ class Trainer:
         return {
             "curriculum": self.curriculum.state_dict(),
             "balancer": self.balancer.state_dict(),
-            "guard": self.guard.state_dict(),
+            "stability": self.stability.state_dict(),
+            "kl_controller": self.kl_ctl.state_dict() if self.kl_ctl else None,
             "demo_rng": list(_rng_json(self.demo_rng)),
         }
 
@@ -173,7 +186,9 @@ class Trainer:
         comps = state["components"]
         self.curriculum.load_state_dict(comps["curriculum"])
         self.balancer.load_state_dict(comps["balancer"])
-        self.guard.load_state_dict(comps["guard"])
+        self.stability.load_state_dict(comps["stability"])
+        if self.kl_ctl is not None and comps.get("kl_controller"):
+            self.kl_ctl.load_state_dict(comps["kl_controller"])
         v, s, g = comps["demo_rng"]
         self.demo_rng.setstate((v, tuple(s), g))
         self.state = TrainerState(**state["trainer"])
@@ -287,6 +302,10 @@ class Trainer:
         m: dict[str, Any] = {"phase": "rl"}
         t0 = time.perf_counter()
 
+        # 0. schedules: learning rate and scheduled coefficients for this step
+        lr = self._set_lr(step)
+        reward_weights = self._apply_coefficients(step, m)
+
         # 1. curriculum: which prompts
         prompts = self.curriculum.sample(B, step)
 
@@ -310,7 +329,7 @@ class Trainer:
         # 3. rewards: one column per named reward, combined into one scalar per sample
         fields = _prompt_fields([p for p in prompts for _ in range(G)])
         scored = self.rewards.score(texts, completions, fields, step)
-        reward = weighted_sum(scored.scores, scored.weights)
+        reward = weighted_sum(scored.scores, reward_weights(scored))
 
         # 4. advantages by loss.advantage (unscored samples get zero); with loss.kl_in=reward
         #    the sequence KL to the reference is subtracted from the reward first
@@ -328,9 +347,6 @@ class Trainer:
         kept = [p for p, k in zip(prompts, keep.tolist()) if k]
 
         # 7-9. losses -> balancer (backward) -> stability -> optimizer
-        lr = cfg.optim.lr * self.lr_schedule.value(step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
         t1 = time.perf_counter()
         update = {}
         if len(rows):
@@ -339,6 +355,9 @@ class Trainer:
                 adv[rows],
                 ref_lp=None if ref_lp is None else ref_lp[rows],
                 aux=self._aux_batch(reward[rows], kept),
+                step=step,
+                lr=lr,
+                reward=reward,
             )
         t_upd = time.perf_counter() - t1
 
@@ -363,12 +382,82 @@ class Trainer:
         m.update({f"train/{k}": v for k, v in scored.metrics.items()})
         m.update(kl_metrics)
         m.update(update)
+
+        # 10. stability monitors that read the whole step (plateau, late guards), KL control
+        m.update(self.stability.step_metrics(step))
+        if self.stability.observe_train(m, step):
+            self._request_stop(self.stability.last_reason or "stability monitor")
+        if self.kl_ctl is not None and "train/kl" in m:
+            m["train/kl_coef"] = self.kl_ctl.update(float(m["train/kl"]))
         if cfg.logging.samples_every and step % cfg.logging.samples_every == 0:
             self._samples = [
                 {"prompt": texts[i], "completion": completions[i], "reward": _f(reward[i])}
                 for i in range(0, len(texts), G)[:4]
             ]
         return m
+
+    # ------------------------------------------------------------------ schedules / control
+    def _set_lr(self, step: int, lr_scale: float | None = None) -> float:
+        """Scheduled LR x stability's scale (lower_lr, plateau) x each group's lr_scale."""
+        scale = self.stability.lr_scale(step) if lr_scale is None else lr_scale
+        lr = self.cfg.optim.lr * self.lr_schedule.value(step) * scale
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        return lr
+
+    def _apply_coefficients(self, step: int, m: dict[str, Any]):
+        """Set this step's scheduled loss coefficients; return the reward-weights function.
+
+        ``schedule.coefficients`` keys: ``loss.<field>`` (e.g. ``loss.kl_coef``) and
+        ``rewards.<label>.weight``; the adaptive KL controller sets ``loss.kl_coef``.
+        """
+        loss_update: dict[str, float] = {}
+        reward_update: dict[str, float] = {}
+        for key, sched in self.coefs.items():
+            section, name = parse_coef_key(key)
+            value = sched.value(step)
+            (loss_update if section == "loss" else reward_update)[name] = value
+            m[f"coef/{key}"] = value
+        if self.kl_ctl is not None:
+            loss_update["kl_coef"] = self.kl_ctl.value()
+            m["coef/loss.kl_coef"] = loss_update["kl_coef"]
+        if loss_update:
+            self.loss.cfg = self.cfg.loss.model_copy(update=loss_update)
+
+        def weights(scored) -> torch.Tensor:
+            w = scored.weights.clone()
+            for label, value in reward_update.items():
+                w[scored.names.index(label)] = value
+            return w
+
+        return weights
+
+    def _request_stop(self, reason: str) -> None:
+        self.should_stop = True
+        self.state.stop_reason = reason
+
+    def _rollback(self, reason: str) -> int | None:
+        """Restore weights, optimizer and components from the newest checkpoint.
+
+        Step counters, the stability manager and the samplers keep going, and the curriculum
+        reshuffles: the run continues from the last good weights with different data.
+        Returns the checkpoint's step, or ``None`` (nothing to roll back to: a skip).
+        """
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is None:
+            return None
+        from safetensors.torch import load_model
+
+        load_model(self.model, str(path / "model.safetensors"), strict=False)
+        ckpt.load_optimizer(path, self.optimizer)
+        comps = ckpt.read_trainer_state(path)["components"]
+        self.curriculum.load_state_dict(comps["curriculum"])
+        self.balancer.load_state_dict(comps["balancer"])
+        reshuffle = getattr(self.curriculum, "reshuffle", None)
+        if reshuffle is not None:
+            reshuffle(self.stability.rollbacks + 1)
+        self.stability.on_rollback()  # counts; raises StabilityError past max_rollbacks
+        return int(path.name.split("_", 1)[1])
 
     def _kl_shaped_reward(
         self, batch: Rollout, reward: torch.Tensor
@@ -438,6 +527,9 @@ class Trainer:
         adv: torch.Tensor,
         ref_lp: torch.Tensor | None = None,
         aux: _AuxBatch | None = None,
+        step: int = 0,
+        lr: float = 0.0,
+        reward: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         """Micro-batched loss terms, one optimizer step per epoch over the batch.
 
@@ -458,7 +550,7 @@ class Trainer:
         out: dict[str, Any] = {}
         for _ in range(lc.epochs):
             self.optimizer.zero_grad(set_to_none=True)
-            loss_sum, sums = 0.0, {}
+            loss_sum, sums, term_values = 0.0, {}, {}
             for idx in plan:
                 mb = batch.index(idx)
                 lp, ent = completion_logprobs(
@@ -483,23 +575,39 @@ class Trainer:
                     terms[term.name] = term.coef * value
                     metrics.update({f"{term.name}/{k}": v for k, v in term_metrics.items()})
                 weights = self.balancer.combine(terms, self.model.parameters())
+                for k, v in terms.items():
+                    term_values[k] = term_values.get(k, 0.0) + float(v.detach())
                 loss_sum += sum(float(v.detach()) for v in terms.values())
                 metrics["entropy"] = (ent.detach() * inputs.mask).sum() / all_tokens
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
-            pre, post = grad_norm_and_clip(self.model.parameters(), cfg.stability.max_grad_norm)
-            if self.guard.check(loss_sum, pre):
-                self.optimizer.step()
-            else:
-                self.optimizer.zero_grad(set_to_none=True)
-            out = {
-                "train/loss": loss_sum,
-                "train/grad_norm": pre,
-                "train/grad_norm_clipped": post,
-                "train/skipped_steps": self.guard.skipped,
-            }
-            out.update({f"train/{k}": v for k, v in sums.items()})
+            # stability: clip, then judge the update (non-finite, spikes, guards)
+            clip = self.stability.clip(self.model.parameters())
+            known = {f"train/{k}": v for k, v in sums.items()}
+            if reward is not None and bool((~reward.isnan()).any()):
+                known["train/reward"] = float(reward[~reward.isnan()].mean())
+            decision = self.stability.check_update(
+                loss_sum,
+                clip.pre_norm,
+                known,
+                step=step,
+                terms=term_values,
+                named_params=self.model.named_parameters(),
+            )
+            out = {"train/loss": loss_sum, "stability/action": decision.action}
+            out.update(clip.metrics())
+            out.update(known)
             out.update({f"balancer/{k}": v for k, v in weights.items()})
+            if decision.action == "apply":
+                self._set_lr(step, lr_scale=decision.lr_scale)
+                self.optimizer.step()
+                continue
+            self.optimizer.zero_grad(set_to_none=True)
+            if decision.action == "rollback":
+                out["stability/rolled_back_to"] = self._rollback(decision.reason)
+            elif decision.action == "stop":
+                self._request_stop(decision.reason)
+            break  # a skipped, rolled-back or stopping update ends this batch's epochs
         return out
 
     def _aux_term(
@@ -615,8 +723,8 @@ class Trainer:
                 m.update({f"eval/accuracy/level_{k}": v for k, v in acc.items()})
             self._after_step(logger, m, start)
             progress.update(reward=m["train/reward"])
-        if self._stop():
-            return
+        if self._stop() and self.state.stop_reason is None:
+            return  # stop_after or a callback: as if killed, resumable
         if self.state.final_eval is None:
             self.state.final_eval = self._eval_and_log(logger, "final")
             self.state.wall_seconds = time.perf_counter() - start
@@ -643,6 +751,10 @@ class Trainer:
         )
         for cb in self.callbacks:
             cb.on_evaluate(self, step, acc)
+        if tag == "rl" and self.stability.observe_eval(
+            {f"eval/accuracy/level_{k}": v for k, v in acc.items()}, step
+        ):
+            self._request_stop(self.stability.last_reason or "early stopping")
         return acc
 
     def _after_step(self, logger: MetricLogger, m: dict[str, Any], start: float) -> None:
@@ -671,6 +783,8 @@ class Trainer:
             "warmup": self.state.warmup_eval,
             "final": self.state.final_eval,
             "completed": self.state.final_eval is not None,
+            "stop_reason": self.state.stop_reason,
+            "stability": self.stability.health(),
             "generate_tokens_per_s": round(
                 self.state.generated_tokens / max(self.state.generate_seconds, 1e-9), 1
             ),

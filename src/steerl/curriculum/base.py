@@ -42,6 +42,11 @@ class UniformCurriculum:
     def update(self, prompt_ids: list[str], rewards: torch.Tensor, step: int) -> None:
         """Uniform sampling ignores the statistics."""
 
+    def reshuffle(self, salt: int) -> None:
+        """A new data order (after a rollback): reseed from the current state and ``salt``."""
+        self.rng.seed(f"{self.rng.random()}-{salt}")
+        self.order, self.cursor = [], 0
+
     def state_dict(self) -> dict:
         return {"rng": _rng_to_json(self.rng), "order": self.order, "cursor": self.cursor}
 
