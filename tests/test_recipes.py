@@ -123,3 +123,26 @@ def test_gsm8k_recipe_runs_offline_with_local_model_and_dataset(tmp_path, monkey
 def test_recipe_names_a_task_with_levels(recipe):
     cfg = load_config(recipe)
     assert cfg.task.arithmetic.levels
+
+
+def test_custom_reward_recipe_imports_the_user_module(tmp_path, monkeypatch, tiny_overrides):
+    """The packaged custom_reward recipe runs from the repository root (examples/ importable)."""
+    monkeypatch.chdir(Path(__file__).parent.parent)
+    cfg = load_config(
+        "custom_reward", [*tiny_overrides, "train.eval_every=0", f"train.out_dir={tmp_path}"]
+    )
+    assert cfg.rewards[1].name == "examples.my_rewards:short_and_correct"
+    summary = Trainer(cfg, tmp_path).train()
+    assert summary["completed"]
+    metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    key = "train/reward/examples.my_rewards.short_and_correct/mean"
+    assert any(key in m for m in metrics if m.get("phase") == "rl")
+
+
+def test_dapo_recipe_switches_the_loss_preset():
+    cfg = load_config("dapo")
+    assert cfg.loss.preset == "dapo"
+    assert cfg.loss.clip_high == 0.28 and cfg.loss.aggregation == "token-mean"
+    assert cfg.loss.mask_truncated
+    other = load_config("dapo", ["loss.preset=dr_grpo"])
+    assert other.loss.aggregation == "seq-mean-token-sum-norm"
