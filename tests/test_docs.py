@@ -74,3 +74,55 @@ def test_docs_build_with_warnings_as_errors(tmp_path):
     for guide in GUIDES:
         assert f'href="{guide}.html"' in index
         assert (out / "advanced-training" / f"{guide}.html").is_file()
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_advanced_training_page_renders_ten_cards_in_a_browser(tmp_path):
+    """Headless Chromium opens the built index: a screenshot, and ten cards whose links work."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (CI installs it: apt-get install chromium)")
+    pytest.importorskip("sphinx")
+    out = tmp_path / "html"
+    subprocess.run(
+        [sys.executable, "-m", "sphinx", "-q", "-b", "html", str(DOCS), str(out)], check=True
+    )
+    page = out / "advanced-training" / "index.html"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    shot = tmp_path / "cards.png"
+    subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", page.as_uri()],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    import re
+
+    cards = re.findall(r'<a class="[^"]*sd-stretched-link[^"]*" href="([^"]+)"', dom)
+    assert len(cards) == 10, cards
+    for href in cards:
+        target = (page.parent / href.split("#")[0]).resolve()
+        assert target.is_file(), href
+    assert sorted(Path(h).stem for h in cards) == sorted(GUIDES)
