@@ -1,4 +1,5 @@
-"""The ``steerl`` command line: ``train``, ``eval``, ``recipes``, ``list`` and ``report``.
+"""The ``steerl`` command line: ``train``, ``eval``, ``recipes``, ``list``, ``report`` and
+``curriculum profile``.
 
 Mistakes the user can fix (a bad recipe or override, an unknown component, a model that will
 not load, a reward that keeps failing, a missing file) end with a red ``error: ...`` on stderr
@@ -256,6 +257,80 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
 
         out = build_report(run_dir)
     Console().print(f"wrote {out}", highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- curriculum
+curriculum_app = typer.Typer(
+    help="Curriculum tools: measure prompt difficulty with a policy.", no_args_is_help=True
+)
+app.add_typer(curriculum_app, name="curriculum")
+
+
+@curriculum_app.command("profile")
+def curriculum_profile(
+    recipe: str | None = typer.Argument(
+        None,
+        help="Packaged recipe name or YAML file (default: --run's config, else default).",
+        show_default=False,
+    ),
+    overrides: list[str] | None = typer.Argument(None, help="Dotted overrides (key=value)."),
+    out: Path = typer.Option(..., "--out", help="JSONL file of {id, difficulty} (appended)."),
+    k: int = typer.Option(8, "--k", min=1, help="Completions sampled per prompt."),
+    run: Path | None = typer.Option(
+        None,
+        "--run",
+        help="Sample with this run's newest checkpoint instead of the recipe's model.",
+    ),
+    chunk: int = typer.Option(32, "--chunk", min=1, help="Prompts per generation batch."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Profile the first N prompts."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Write each training prompt's difficulty (1 - pass rate over k samples) to a JSONL file.
+
+    Resumable: ids already in --out are skipped. Train on it with
+    curriculum.difficulty_file=FILE (e.g. curriculum.name=pacing).
+    """
+    with _user_errors():
+        if recipe is not None and "=" in recipe and not Path(recipe).is_file():
+            overrides, recipe = [recipe, *(overrides or [])], None
+        if recipe is None and run is not None:
+            if not (run / "config.yaml").is_file():
+                raise FileNotFoundError(f"{run} is not a run directory: no config.yaml in it")
+            cfg = load_config(run / "config.yaml", overrides or [])
+        else:
+            cfg = load_config(recipe, overrides or [])
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        from steerl.curriculum.profile import profile_difficulty
+
+        bar = Progress(
+            "[bold]profiling",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=quiet,
+        )
+        with bar:
+            task = bar.add_task("profile", total=None)
+
+            def advance(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            res = profile_difficulty(
+                cfg, out, k=k, run_dir=run, chunk=chunk, limit=limit, on_progress=advance
+            )
+    console = Console()
+    rate = res["mean_pass_rate"]
+    shown = "—" if rate is None else f"{100 * rate:.1f}%"
+    console.print(
+        f"profiled {res['written']} prompts ({res['already']} already in the file, "
+        f"{res['unscored']} unscored) of {res['prompts']}; mean pass rate {shown}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"train with: curriculum.difficulty_file={out}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -344,7 +344,9 @@ class LossConfig(Section):
     aggregation: Literal[
         "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
     ] = "token-mean"  # how token losses become one number (global-batch denominators)
-    advantage: Literal["group_mean_std", "group_mean", "batch_std", "rloo"] = "group_mean_std"
+    advantage: Literal["group_mean_std", "group_mean", "batch_std", "rloo"] = (
+        "group_mean_std"  # advantage estimator: GRPO, Dr.GRPO, REINFORCE++ baseline, RLOO
+    )
     kl_coef: float = Field(0.0, ge=0)  # beta of the KL against the frozen reference
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # Schulman's estimators of KL(pi || ref)
     kl_in: Literal["loss", "reward"] = "loss"  # penalty in the loss, or subtracted from reward
@@ -694,17 +696,360 @@ def _check_schedule_and_stability(cfg: Config) -> None:
 
 
 # --------------------------------------------------------------------------- curriculum
+#: Built-in ``curriculum.name`` values (``steerl list curricula``); ``package.module:Class``
+#: names a user's curriculum.
+CURRICULUM_NAMES = (
+    "uniform",
+    "pacing",
+    "competence",
+    "adarft",
+    "learnability",
+    "bandit",
+    "prioritized",
+)
+
+
+class CurriculumStatsConfig(Section):
+    """The per-prompt statistics store every adaptive selector reads."""
+
+    ema: float = Field(0.3, gt=0, le=1)  # weight of the newest batch in pass-rate EMAs
+    prior: tuple[float, float] = (1.0, 1.0)  # Beta prior (alpha0, beta0) of a pass rate
+    prior_from: Literal["level", "fixed"] = "level"  # centre the prior on the level's pass rate
+    discount: float = Field(1.0, gt=0, le=1)  # Beta forgetting per visit (1: none)
+
+    @field_validator("prior")
+    @classmethod
+    def _positive_prior(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if min(v) <= 0:
+            raise ValueError(f"prior pseudo-counts (alpha0, beta0) must be > 0, got {list(v)}")
+        return v
+
+
+class PacingConfig(Section):
+    """curriculum.name=pacing: an open share of the difficulty-sorted pool that grows."""
+
+    fn: Literal["linear", "root", "step", "exponential"] = "linear"  # Hacohen & Weinshall 2019
+    start_fraction: float = Field(0.2, gt=0, le=1)  # share of the pool open at step 0
+    pace_steps: int | None = Field(None, ge=1)  # steps until all is open; null: train.steps / 2
+    stages: int = Field(4, ge=1)  # fn=step: equal increments until pace_steps
+    sampling: Literal["uniform", "newest"] = "uniform"  # within the open range
+    newest_weight: float = Field(3.0, ge=1)  # sampling=newest: hardest open vs easiest weight
+
+
+class CompetenceConfig(Section):
+    """curriculum.name=competence: prompts whose estimated pass rate lies in a band."""
+
+    band: tuple[float, float] = (0.2, 0.8)  # target pass-rate band [low, high]
+    outside_weight: float = Field(0.05, ge=0)  # weight of prompts outside the band (vs 1)
+    estimate: Literal["posterior", "ema"] = "posterior"  # Beta posterior mean or the EMA
+
+    @field_validator("band")
+    @classmethod
+    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not (0 <= lo <= 1 and 0 <= hi <= 1):
+            raise ValueError(f"band {list(v)} must lie within [0, 1] (pass rates)")
+        if lo > hi:
+            raise ValueError(f"band {list(v)}: low {lo} is above high {hi}")
+        return v
+
+
+class AdaRFTConfig(Section):
+    """curriculum.name=adarft: T' = clip(T + eta * tanh(alpha * (mean reward - beta)))."""
+
+    initial: float = Field(0.0, ge=0, le=1)  # starting target difficulty (normalised 0..1)
+    eta: float = Field(0.5, gt=0)  # step size of the target
+    alpha: float = Field(2.0, gt=0)  # sensitivity to the reward gap
+    beta: float = Field(0.5, ge=0, le=1)  # the batch mean reward that keeps the target still
+    min: float = Field(0.0, ge=0, le=1)  # lowest target
+    max: float = Field(1.0, ge=0, le=1)  # highest target
+    neighbourhood: float = Field(0.0, ge=0, le=1)  # draw from this share of the pool nearest T
+
+    @model_validator(mode="after")
+    def _range(self) -> AdaRFTConfig:
+        if self.min > self.max:
+            raise ValueError(f"adarft min={self.min} is above max={self.max}")
+        return self
+
+
+class LearnabilityConfig(Section):
+    """curriculum.name=learnability: weight p(1 - p) of the posterior pass rate p."""
+
+    floor: float = Field(0.02, ge=0, le=0.25)  # least weight, so every prompt can be tried
+
+
+class BanditConfig(Section):
+    """curriculum.name=bandit: arms (levels or categories) chosen by their learning signal."""
+
+    arms: Literal["level", "category"] = "level"  # what an arm is; uniform within an arm
+    signal: Literal["progress", "advantage"] = "progress"  # |fast - slow EMA| or mean |A|
+    algorithm: Literal["softmax", "exp3"] = "softmax"  # how signals become arm probabilities
+    temperature: float = Field(0.2, gt=0)  # softmax over signals scaled to max 1
+    epsilon: float = Field(0.1, ge=0, le=1)  # uniform share mixed into the arm probabilities
+    fast: float = Field(0.5, gt=0, le=1)  # weight of the newest batch in the fast EMA
+    slow: float = Field(0.1, gt=0, le=1)  # ... in the slow EMA (and the |A| recency weight)
+    exp3_eta: float = Field(1.0, gt=0)  # exp3: step size on importance-weighted signals
+    exp3_decay: float = Field(0.1, ge=0, lt=1)  # exp3: forgetting of log-weights per step
+
+    @model_validator(mode="after")
+    def _fast_above_slow(self) -> BanditConfig:
+        if self.signal == "progress" and self.fast <= self.slow:
+            raise ValueError(
+                f"bandit fast={self.fast} must be above slow={self.slow} (learning progress "
+                "is the gap between a fast and a slow EMA of the pass rate)"
+            )
+        return self
+
+
+class PrioritizedConfig(Section):
+    """curriculum.name=prioritized: prioritized level replay (Jiang et al. 2021)."""
+
+    score: Literal["advantage", "fail_rate"] = "advantage"  # mean |A| or 1 - pass rate
+    temperature: float = Field(0.1, gt=0)  # rank prioritisation h = (1 / rank)^(1 / T)
+    staleness: float = Field(0.1, ge=0, le=1)  # rho: share of the staleness distribution
+    replay_prob: float = Field(0.5, ge=0, le=1)  # share of each batch replayed from seen ones
+
+
 class CurriculumConfig(Section):
-    name: Literal["uniform"] = "uniform"  # prompt selector
+    name: str = "uniform"  # selector: uniform, pacing, competence, adarft, learnability, ...
     levels: list[int] | None = None  # restrict RL prompts to these levels; null: all
+    difficulty_file: str | None = None  # JSONL of {id, difficulty} (steerl curriculum profile)
+    difficulty_fn: str | None = None  # "module:function" mapping a Prompt to a float
+    missing_difficulty: Literal["error", "mean"] = "error"  # prompts without one: stop / mean
     drop_zero_variance: bool = True  # DAPO: groups with identical rewards carry no signal
     zero_variance_tol: float = Field(1e-6, ge=0)  # std below this counts as zero
+    max_refill_rounds: int = Field(0, ge=0)  # DAPO refill: extra sampling rounds (0: filter)
+    stats: CurriculumStatsConfig = CurriculumStatsConfig()  # per-prompt statistics store
+    pacing: PacingConfig = PacingConfig()  # name=pacing
+    competence: CompetenceConfig = CompetenceConfig()  # name=competence
+    adarft: AdaRFTConfig = AdaRFTConfig()  # name=adarft
+    learnability: LearnabilityConfig = LearnabilityConfig()  # name=learnability
+    bandit: BanditConfig = BanditConfig()  # name=bandit
+    prioritized: PrioritizedConfig = PrioritizedConfig()  # name=prioritized
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, v: str) -> str:
+        if v not in CURRICULUM_NAMES and ":" not in v:
+            raise ValueError(
+                f"allowed values are {', '.join(CURRICULUM_NAMES)}, or 'package.module:Class' "
+                "for your own curriculum"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_difficulty_source(self) -> CurriculumConfig:
+        if self.difficulty_file and self.difficulty_fn:
+            raise ValueError(
+                f"curriculum.difficulty_file={self.difficulty_file!r} and "
+                f"curriculum.difficulty_fn={self.difficulty_fn!r} both set the difficulty; "
+                "keep one"
+            )
+        if self.difficulty_fn is not None and ":" not in self.difficulty_fn:
+            raise ValueError(
+                f"curriculum.difficulty_fn={self.difficulty_fn!r} must look like "
+                "'package.module:function'"
+            )
+        if self.max_refill_rounds and not self.drop_zero_variance:
+            raise ValueError(
+                f"curriculum.max_refill_rounds={self.max_refill_rounds} refills groups dropped by "
+                "curriculum.drop_zero_variance, which is false"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- objectives
+#: ``objectives.balancer`` values: loss-level balancers, then gradient-level aggregators.
+LOSS_BALANCERS = ("static", "scheduled", "uncertainty", "dwa", "gradnorm", "famo")
+AGGREGATOR_BALANCERS = ("pcgrad", "mgda", "mgda_ub", "upgrad", "cagrad", "nash_mtl", "imtl_g")
+
+
+class UncertaintyConfig(Section):
+    """balancer=uncertainty (Kendall et al. 2018): learnable log-variances s_i."""
+
+    lr: float = Field(0.01, gt=0)  # Adam step size of s (the balancer's own optimizer)
+    max_log_var: float = Field(5.0, gt=0)  # s kept in [-this, this]: weights in exp(+-this)
+
+
+class DWAConfig(Section):
+    """balancer=dwa (Liu et al. 2019): softmax of loss ratios of the last two steps."""
+
+    temperature: float = Field(2.0, gt=0)  # T; larger is closer to equal weights (paper: 2)
+
+
+class GradNormConfig(Section):
+    """balancer=gradnorm (Chen et al. 2018) on objectives.aggregate_params."""
+
+    alpha: float = Field(1.5, ge=0)  # restoring force toward equal training rates (paper: 1.5)
+    lr: float = Field(0.025, gt=0)  # Adam step size of the weights
+
+
+class FAMOConfig(Section):
+    """balancer=famo (Liu et al. 2023): logits updated from the change in log-losses."""
+
+    lr: float = Field(0.025, gt=0)  # Adam step size of the logits (paper: 0.025)
+    weight_decay: float = Field(1e-3, ge=0)  # L2 on the logits (paper's gamma: 1e-3)
+
+
+class PCGradConfig(Section):
+    """balancer=pcgrad (Yu et al. 2020)."""
+
+    order: Literal["expected", "random"] = "expected"  # all orders averaged, or one shuffle
+    seed: int = 0  # order=random: seed of the shuffles (saved in checkpoints)
+
+
+class MGDAConfig(Section):
+    """balancer=mgda / mgda_ub (Désidéri 2012; Sener & Koltun 2018)."""
+
+    normalize: Literal["none", "l2"] = "none"  # l2: on unit gradients (direction scale-free)
+
+
+class CAGradConfig(Section):
+    """balancer=cagrad (Liu et al. 2021)."""
+
+    c: float = Field(0.4, ge=0)  # radius of the ball around the mean gradient, x ||g0||
+
+
+class NashMTLConfig(Section):
+    """balancer=nash_mtl (Navon et al. 2022)."""
+
+    iterations: int = Field(50, ge=1)  # at most this many damped Newton steps (K x K problem)
+
+
 class ObjectivesConfig(Section):
-    combine: Literal["weighted_sum"] = "weighted_sum"  # rewards -> one scalar, then normalise
-    balancer: Literal["static"] = "static"  # how loss terms become one gradient
+    """How rewards become one signal and how loss terms become one gradient.
+
+    See ``steerl.objectives`` (scalarize, balancers, aggregators) for formulas and papers.
+    Term names are ``policy`` and the ``loss.aux`` names; ``validate_terms`` checks them.
+    """
+
+    combine: Literal["weighted_sum", "gdpo", "tchebycheff", "smooth_tchebycheff"] = (
+        "weighted_sum"  # rewards -> one reward (or gdpo: advantages); see scalarize.py
+    )
+    preference: list[float] | None = None  # lambda per reward (>= 0); replaces reward weights
+    ideal: list[float] | None = None  # tchebycheff z* per reward; null: batch column maxima
+    mu: float = Field(0.1, gt=0)  # smooth_tchebycheff temperature (Lin et al. 2024)
+    balancer: Literal[
+        "static", "scheduled", "uncertainty", "dwa", "gradnorm", "famo",
+        "pcgrad", "mgda", "mgda_ub", "upgrad", "cagrad", "nash_mtl", "imtl_g",
+    ] = "static"  # how loss terms become one gradient  # fmt: skip
+    weights: dict[str, float] = {}  # base/initial weight per term name (default 1)
+    schedules: dict[str, CoefScheduleConfig] = {}  # balancer=scheduled: weight per term
+    min_losses: dict[str, float] = {}  # lower bound b_i per term: adaptive ones read L_i - b_i
+    loss_floor: float = Field(1e-8, gt=0)  # adaptive balancers read max(L_i - b_i, this)
+    aggregate_params: str | None = None  # last_blocks:N | lora | hidden_state | regex:<pat>
+    #   null: last_blocks:1 (gradnorm, aggregators), hidden_state (mgda_ub)
+    backend: Literal["auto", "builtin", "torchjd"] = "auto"  # torchjd: pip install steerl[mo]
+    uncertainty: UncertaintyConfig = UncertaintyConfig()
+    dwa: DWAConfig = DWAConfig()
+    gradnorm: GradNormConfig = GradNormConfig()
+    famo: FAMOConfig = FAMOConfig()
+    pcgrad: PCGradConfig = PCGradConfig()
+    mgda: MGDAConfig = MGDAConfig()
+    cagrad: CAGradConfig = CAGradConfig()
+    nash_mtl: NashMTLConfig = NashMTLConfig()
+
+    @field_validator("preference")
+    @classmethod
+    def _preference(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        import math
+
+        if not v or any(not math.isfinite(x) or x < 0 for x in v) or sum(v) <= 0:
+            raise ValueError(
+                f"preference {v} must be non-negative finite numbers, not all zero (one per reward)"
+            )
+        return v
+
+    @field_validator("weights", "min_losses")
+    @classmethod
+    def _finite(cls, v: dict[str, float], info: Any) -> dict[str, float]:
+        import math
+
+        for k, x in v.items():
+            if not math.isfinite(x) or (info.field_name == "weights" and x < 0):
+                raise ValueError(
+                    f"{info.field_name}[{k!r}]={x} must be "
+                    + ("a finite number >= 0" if info.field_name == "weights" else "finite")
+                )
+        return v
+
+    @field_validator("aggregate_params")
+    @classmethod
+    def _spec(cls, v: str | None) -> str | None:
+        if v is not None:
+            from steerl.objectives.restrict import parse_spec
+
+            parse_spec(v)
+        return v
+
+    @model_validator(mode="after")
+    def _compatible(self) -> ObjectivesConfig:
+        b = self.balancer
+        if self.ideal is not None and self.combine not in ("tchebycheff", "smooth_tchebycheff"):
+            raise ValueError(
+                f"ideal is the Tchebycheff ideal point; combine={self.combine} does not use it "
+                "(set combine=tchebycheff or smooth_tchebycheff, or ideal: null)"
+            )
+        if self.schedules and b != "scheduled":
+            raise ValueError(
+                f"schedules ({', '.join(self.schedules)}) are read by balancer=scheduled only, "
+                f"not balancer={b}"
+            )
+        if b == "scheduled" and not self.schedules:
+            raise ValueError("balancer=scheduled needs schedules: {<term>: {start, end, ...}}")
+        spec = self.aggregate_params
+        if spec is not None:
+            if b not in ("gradnorm", *AGGREGATOR_BALANCERS):
+                raise ValueError(
+                    f"aggregate_params={spec!r} is read by gradnorm and the gradient "
+                    f"aggregators ({', '.join(AGGREGATOR_BALANCERS)}), not balancer={b}"
+                )
+            if b == "mgda_ub" and spec != "hidden_state":
+                raise ValueError(
+                    f"balancer=mgda_ub works on the final hidden state; aggregate_params="
+                    f"{spec!r} contradicts it (use balancer=mgda for parameters)"
+                )
+            if b == "gradnorm" and spec == "hidden_state":
+                raise ValueError(
+                    "balancer=gradnorm needs parameters (aggregate_params=last_blocks:N, lora "
+                    "or regex:<pattern>), not hidden_state"
+                )
+        return self
+
+
+def _check_objectives(cfg: Config) -> None:
+    """Cross-checks of ``objectives`` against the rewards and the loss (``Config._cross``)."""
+    o = cfg.objectives
+    labels = [r.label for r in cfg.rewards]
+    for key in ("preference", "ideal"):
+        v = getattr(o, key)
+        if v is not None and len(v) != len(labels):
+            raise ValueError(
+                f"objectives.{key} has {len(v)} entries for {len(labels)} rewards "
+                f"({', '.join(labels)}); give one per reward, in that order"
+            )
+    if o.preference is not None:
+        scheduled = [k for k in cfg.schedule.coefficients if k.startswith("rewards.")]
+        if scheduled:
+            raise ValueError(
+                f"objectives.preference replaces the reward weights, which "
+                f"schedule.coefficients also sets ({', '.join(scheduled)}); keep one"
+            )
+    elif o.combine in ("tchebycheff", "smooth_tchebycheff"):
+        neg = [f"{r.label}={r.weight}" for r in cfg.rewards if r.weight < 0]
+        if neg:
+            raise ValueError(
+                f"objectives.combine={o.combine} uses the reward weights as its preference "
+                f"vector, which must be >= 0 (got {', '.join(neg)}); set objectives.preference"
+            )
+    if o.combine == "gdpo" and cfg.loss.kl_in == "reward" and cfg.loss.kl_coef > 0:
+        raise ValueError(
+            "objectives.combine=gdpo normalises each reward in its group and returns "
+            "advantages, so loss.kl_in=reward has no reward to subtract the KL from; "
+            "use loss.kl_in=loss"
+        )
 
 
 # --------------------------------------------------------------------------- train / logging
@@ -731,19 +1076,19 @@ class LoggingConfig(Section):
 
 class Config(Section):
     recipe: str = "custom"  # recipe name (used in the run directory name)
-    model: ModelConfig = ModelConfig()
-    task: TaskConfig = TaskConfig()
-    warmup: WarmupConfig = WarmupConfig()
-    rollout: RolloutConfig = RolloutConfig()
-    rewards: list[RewardSpec] = [RewardSpec(name="exact_match")]
+    model: ModelConfig = ModelConfig()  # the policy (and reference) model and tokenizer
+    task: TaskConfig = TaskConfig()  # where prompts and reference answers come from
+    warmup: WarmupConfig = WarmupConfig()  # SFT on demonstrations before RL
+    rollout: RolloutConfig = RolloutConfig()  # grouped sampling from the policy
+    rewards: list[RewardSpec] = [RewardSpec(name="exact_match")]  # named rewards, weighted
     loss: LossConfig = LossConfig()
-    optim: OptimConfig = OptimConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    stability: StabilityConfig = StabilityConfig()
-    curriculum: CurriculumConfig = CurriculumConfig()
-    objectives: ObjectivesConfig = ObjectivesConfig()
-    train: TrainConfig = TrainConfig()
-    logging: LoggingConfig = LoggingConfig()
+    optim: OptimConfig = OptimConfig()  # the RL optimizer
+    schedule: ScheduleConfig = ScheduleConfig()  # LR, coefficient schedules, KL control
+    stability: StabilityConfig = StabilityConfig()  # clipping, guards, spikes, monitors
+    curriculum: CurriculumConfig = CurriculumConfig()  # which prompts to train on next
+    objectives: ObjectivesConfig = ObjectivesConfig()  # reward combination, balancing
+    train: TrainConfig = TrainConfig()  # steps, seed, evaluation, checkpoints
+    logging: LoggingConfig = LoggingConfig()  # metric sinks, progress bar, report
 
     @field_validator("rewards")
     @classmethod
@@ -764,6 +1109,7 @@ class Config(Section):
                 "group; use group_size >= 2"
             )
         _check_schedule_and_stability(self)  # warm-up / spike windows vs the run, targets
+        _check_objectives(self)  # preference / ideal vs the rewards, gdpo vs kl_in=reward
         return self
 
     def to_yaml(self) -> str:

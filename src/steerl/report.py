@@ -106,6 +106,47 @@ def _plot_stats(path: Path, series: Series) -> bool:
     return True
 
 
+_SHARE_KEY = re.compile(r"^curriculum/level_(\d+)/share$")
+
+
+def plot_curriculum(path: Path, series: Series) -> bool:
+    """Heat map of ``curriculum/level_<k>/share`` (rows: levels, columns: steps)."""
+    levels = sorted((int(m.group(1)), k) for k in series if (m := _SHARE_KEY.match(k)))
+    if not levels:
+        return False
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    steps = sorted({x for _, k in levels for x in series[k][0]})
+    col = {x: i for i, x in enumerate(steps)}
+    grid = np.full((len(levels), len(steps)), np.nan)
+    for row, (_, k) in enumerate(levels):
+        for x, y in zip(*series[k]):
+            grid[row, col[x]] = y
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(levels)))
+    try:
+        im = ax.imshow(
+            grid,
+            aspect="auto",
+            origin="lower",
+            cmap="viridis",
+            vmin=0.0,
+            vmax=1.0,
+            interpolation="nearest",
+            extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(levels) - 0.5),
+        )
+        ax.set_yticks(range(len(levels)), [str(lv) for lv, _ in levels])
+        ax.set_xlabel("step")
+        ax.set_ylabel("level")
+        ax.set_title("Curriculum: share of sampled prompts per level")
+        fig.colorbar(im, ax=ax, label="share")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return True
+
+
 def _make_plots(run_dir: Path, records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """Write the PNGs; returns (file name, caption) of those written."""
     series = _series(records)
@@ -138,6 +179,9 @@ def _make_plots(run_dir: Path, records: list[dict[str, Any]]) -> list[tuple[str,
 
     if _plot_stats(run_dir / "stats.png", series):
         written.append(("stats.png", "Entropy, gradient norm and learning rate"))
+
+    if plot_curriculum(run_dir / "curriculum.png", series):
+        written.append(("curriculum.png", "Curriculum: share of sampled prompts per level"))
     return written
 
 

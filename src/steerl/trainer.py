@@ -24,7 +24,7 @@ import torch
 
 from steerl import checkpoint as ckpt
 from steerl.config import Config, ConfigError, RewardSpec
-from steerl.curriculum import build_curriculum, informative_groups
+from steerl.curriculum import build_curriculum, curriculum_metrics, sample_groups
 from steerl.logging import ConsoleProgress, MetricLogger
 from steerl.logprobs import completion_logprobs
 from steerl.losses import (
@@ -129,7 +129,9 @@ class Trainer:
         self.loss = build_policy_loss(cfg.loss)  # the "policy" term
         self.aux_terms = build_aux_terms(cfg.loss)  # loss.aux: further named terms
         self.balancer = build_balancer(cfg.objectives)
-        self.curriculum = build_curriculum(cfg.curriculum, self.task.train, cfg.train.seed)
+        self.curriculum = build_curriculum(
+            cfg.curriculum, self.task.train, cfg.train.seed, total_steps=cfg.train.steps
+        )
         self.stability = StabilityManager(cfg.stability, cfg.train.steps)
         self.lr_schedule = lr_schedule(cfg.schedule, cfg.train.steps)
         self.coefs = coef_schedules(cfg.schedule, cfg.train.steps)  # loss/reward coefficients
@@ -300,51 +302,39 @@ class Trainer:
         cfg, step = self.cfg, self.state.rl_step
         B, G = cfg.rollout.prompts_per_step, cfg.rollout.group_size
         m: dict[str, Any] = {"phase": "rl"}
-        t0 = time.perf_counter()
 
         # 0. schedules: learning rate and scheduled coefficients for this step
         lr = self._set_lr(step)
         reward_weights = self._apply_coefficients(step, m)
 
-        # 1. curriculum: which prompts
-        prompts = self.curriculum.sample(B, step)
-
-        # 2. rollout: G completions per prompt
-        texts = [p.text for p in prompts for _ in range(G)]
-        p_ids, p_mask = encode_prompts(self.tokenizer, texts, self.device, cfg.model.chat_template)
-        batch = generate(
-            self.model,
-            p_ids,
-            p_mask,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id,
+        # 1-3. curriculum -> rollout -> rewards: B prompts, G completions each, scored. With
+        #      DAPO dynamic sampling, rounds of further prompts refill the groups whose rewards
+        #      do not vary (curriculum.max_refill_rounds; steerl.curriculum.filters)
+        groups = sample_groups(
+            sample=lambda n: self.curriculum.sample(n, step),
+            generate=self._generate,
+            score=lambda prompts, comps: self._score(prompts, comps, step, reward_weights),
+            batch_size=B,
+            group_size=G,
+            cfg=cfg.curriculum,
             pad_token_id=self.tokenizer.pad_token_id,
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            generator=self.sampler,
         )
-        completions = decode_completions(self.tokenizer, batch)
-        t_gen = time.perf_counter() - t0
-
-        # 3. rewards: one column per named reward, combined into one scalar per sample
-        fields = _prompt_fields([p for p in prompts for _ in range(G)])
-        scored = self.rewards.score(texts, completions, fields, step)
-        reward = weighted_sum(scored.scores, reward_weights(scored))
+        batch, reward, scored = groups.batch, groups.reward, groups.scored
+        texts, completions, t_gen = groups.texts, groups.completions, groups.generate_seconds
 
         # 4. advantages by loss.advantage (unscored samples get zero); with loss.kl_in=reward
         #    the sequence KL to the reference is subtracted from the reward first
         shaped, ref_lp, kl_metrics = self._kl_shaped_reward(batch, reward)
         adv = compute_advantages(shaped, G, cfg.loss.advantage)
 
-        # 5. curriculum update with what this batch taught us
-        self.curriculum.update([p.id for p in prompts], reward.view(B, G), step)
+        # 5. curriculum update with what every sampled group taught us (dropped ones too):
+        #    the first reward's scores (pass rates) and the advantages, (groups, G) each
+        self.curriculum.update(
+            groups.prompt_ids, groups.pass_rewards(), step, advantages=adv.view(-1, G)
+        )
 
-        # 6. keep informative groups only (DAPO dynamic sampling, without refill)
-        keep = torch.ones(B, dtype=torch.bool)
-        if cfg.curriculum.drop_zero_variance:
-            keep = informative_groups(reward, G, cfg.curriculum.zero_variance_tol)
-        rows = keep.repeat_interleave(G).nonzero().squeeze(-1)
-        kept = [p for p, k in zip(prompts, keep.tolist()) if k]
+        # 6. train on the informative groups only (at most B, chosen in 1-3)
+        rows, kept = groups.kept_rows(), groups.kept_prompts()
 
         # 7-9. losses -> balancer (backward) -> stability -> optimizer
         t1 = time.perf_counter()
@@ -370,7 +360,7 @@ class Trainer:
                 "train/reward": float(scored_r.mean()) if len(scored_r) else float("nan"),
                 "train/reward_std": float(scored_r.std()) if len(scored_r) > 1 else 0.0,
                 "train/unscored": float(reward.isnan().float().mean()),
-                "train/kept_groups": float(keep.float().mean()),
+                "train/kept_groups": len(kept) / B,
                 "train/completion_length": float(batch.completion_mask.sum(-1).float().mean()),
                 "train/truncated": float(batch.truncated.float().mean()),
                 "train/lr": lr,
@@ -381,12 +371,13 @@ class Trainer:
         )
         m.update({f"train/{k}": v for k, v in scored.metrics.items()})
         m.update(kl_metrics)
+        m.update(groups.metrics | curriculum_metrics(self.curriculum))
         m.update(update)
 
         # 10. stability monitors that read the whole step (plateau, late guards), KL control
         m.update(self.stability.step_metrics(step))
         if self.stability.observe_train(m, step):
-            self._request_stop(self.stability.last_reason or "stability monitor")
+            self._request_stop(self.stability.stop_reason or "stability monitor")
         if self.kl_ctl is not None and "train/kl" in m:
             m["train/kl_coef"] = self.kl_ctl.update(float(m["train/kl"]))
         if cfg.logging.samples_every and step % cfg.logging.samples_every == 0:
@@ -395,6 +386,32 @@ class Trainer:
                 for i in range(0, len(texts), G)[:4]
             ]
         return m
+
+    # ------------------------------------------------------------------ rollout / rewards
+    def _generate(self, prompts: list[Prompt]) -> tuple[Rollout, list[str]]:
+        """G sampled completions per prompt: the rollout (groups of G rows) and their texts."""
+        cfg, G = self.cfg, self.cfg.rollout.group_size
+        texts = [p.text for p in prompts for _ in range(G)]
+        p_ids, p_mask = encode_prompts(self.tokenizer, texts, self.device, cfg.model.chat_template)
+        batch = generate(
+            self.model,
+            p_ids,
+            p_mask,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            generator=self.sampler,
+        )
+        return batch, decode_completions(self.tokenizer, batch)
+
+    def _score(self, prompts: list[Prompt], completions: list[str], step: int, reward_weights):
+        """One column per named reward, combined into one scalar per sample: (reward, scored)."""
+        G = self.cfg.rollout.group_size
+        rows = [p for p in prompts for _ in range(G)]
+        scored = self.rewards.score([p.text for p in rows], completions, _prompt_fields(rows), step)
+        return weighted_sum(scored.scores, reward_weights(scored)), scored
 
     # ------------------------------------------------------------------ schedules / control
     def _set_lr(self, step: int, lr_scale: float | None = None) -> float:
@@ -707,11 +724,12 @@ class Trainer:
             progress.update(loss=m["warmup/loss"])
         if self._stop():
             return
-        if self.state.rl_step < cfg.train.steps:
+        stopped = self.state.stop_reason is not None  # a monitor ended it: finished, even resumed
+        if self.state.rl_step < cfg.train.steps and not stopped:
             self.state.final_eval = None  # a resumed run asked for more RL steps
         progress.set_phase("GRPO", cfg.train.steps)
         progress.update(advance=self.state.rl_step)
-        while self.state.rl_step < cfg.train.steps and not self._stop():
+        while self.state.rl_step < cfg.train.steps and not stopped and not self._stop():
             m = self.rl_step()
             if (
                 cfg.train.eval_every
@@ -754,7 +772,7 @@ class Trainer:
         if tag == "rl" and self.stability.observe_eval(
             {f"eval/accuracy/level_{k}": v for k, v in acc.items()}, step
         ):
-            self._request_stop(self.stability.last_reason or "early stopping")
+            self._request_stop(self.stability.stop_reason or "early stopping")
         return acc
 
     def _after_step(self, logger: MetricLogger, m: dict[str, Any], start: float) -> None:

@@ -1,10 +1,46 @@
-"""DAPO dynamic sampling: groups whose rewards do not vary carry no gradient signal."""
+"""DAPO dynamic sampling: groups whose rewards do not vary carry no gradient signal.
+
+:func:`sample_groups` runs the first three stages of an RL step (curriculum -> rollout ->
+rewards) in rounds: it drops the groups whose reward std is at most
+``curriculum.zero_variance_tol`` and, up to ``curriculum.max_refill_rounds`` times, samples
+further prompts and generates again until ``batch_size`` groups carry signal (Yu et al. 2025,
+DAPO, "dynamic sampling"). Extra informative groups beyond ``batch_size`` are not trained on.
+Only when the cap is hit can the batch be smaller than requested; that is logged
+(``curriculum/short_batch``, ``curriculum/missing_groups``) and, with refill on, said once in
+a :class:`CurriculumWarning`.
+
+A refill round asks for ``ceil(missing / keep_rate)`` prompts (the keep rate of the rounds so
+far), at most ``batch_size``: a cheap round when most groups are informative, a full one when
+few are.
+"""
 
 from __future__ import annotations
 
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
 
+from steerl.config import CurriculumConfig
 from steerl.objectives.advantages import group_std
+from steerl.rewards import RewardResult
+from steerl.rollout import Rollout
+from steerl.tasks.base import Prompt
+
+
+class CurriculumWarning(UserWarning):
+    """The curriculum could not do what was asked (e.g. fill the batch) and says so."""
+
+
+SHORT_BATCH_WARNING = (
+    "DAPO dynamic sampling: curriculum.max_refill_rounds was reached with fewer informative "
+    "groups than rollout.prompts_per_step, so some steps train on a smaller batch (logged as "
+    "curriculum/short_batch and curriculum/missing_groups). Raise max_refill_rounds, or use a "
+    "selector that avoids always-solved and never-solved prompts."
+)
 
 
 def informative_groups(rewards: torch.Tensor, group_size: int, tol: float) -> torch.Tensor:
@@ -13,3 +49,159 @@ def informative_groups(rewards: torch.Tensor, group_size: int, tol: float) -> to
     A tolerance, not ``!= 0``, so float noise does not let a constant group through.
     """
     return group_std(rewards, group_size) > tol
+
+
+@dataclass
+class SampledGroups:
+    """Every group sampled in one step (all rounds, in order) and which are trained on."""
+
+    prompts: list[Prompt]  # one per group
+    batch: Rollout  # len(prompts) * G rows
+    completions: list[str]
+    scored: RewardResult  # every reward's scores, (len(prompts) * G, K)
+    reward: torch.Tensor  # (len(prompts) * G,) combined reward, NaN unscored
+    keep: torch.Tensor  # (len(prompts),) bool: trained on (informative, at most batch_size)
+    group_size: int
+    requested: int  # batch_size
+    refill_rounds: int = 0
+    cap_hit: bool = False  # fewer than requested kept and no refill round left
+    generate_seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def prompt_ids(self) -> list[str]:
+        return [p.id for p in self.prompts]
+
+    @property
+    def texts(self) -> list[str]:
+        return [p.text for p in self.prompts for _ in range(self.group_size)]
+
+    def pass_rewards(self) -> torch.Tensor:
+        """(groups, G) the first reward's scores: the pass indicator the curriculum tracks."""
+        return self.scored.scores[:, 0].reshape(len(self.prompts), self.group_size)
+
+    def kept_rows(self) -> torch.Tensor:
+        return self.keep.repeat_interleave(self.group_size).nonzero().squeeze(-1)
+
+    def kept_prompts(self) -> list[Prompt]:
+        return [p for p, k in zip(self.prompts, self.keep.tolist()) if k]
+
+
+def sample_groups(
+    sample: Callable[[int], list[Prompt]],
+    generate: Callable[[list[Prompt]], tuple[Rollout, list[str]]],
+    score: Callable[[list[Prompt], list[str]], tuple[torch.Tensor, RewardResult]],
+    batch_size: int,
+    group_size: int,
+    cfg: CurriculumConfig,
+    pad_token_id: int = 0,
+) -> SampledGroups:
+    """Sample, generate and score groups until ``batch_size`` are informative or the cap.
+
+    ``sample(n)``: n prompts from the curriculum; ``generate(prompts)``: their G completions
+    each (a Rollout of n*G rows and the decoded texts); ``score(prompts, completions)``: the
+    combined reward (n*G,) and every reward's scores. With ``cfg.drop_zero_variance`` off, one
+    round and every group kept.
+    """
+    rounds: list[tuple[list[Prompt], Rollout, list[str], torch.Tensor, RewardResult]] = []
+    t_gen = 0.0
+    kept = 0
+    n_groups = 0
+    n = batch_size
+    while True:
+        prompts = sample(n)
+        t0 = time.perf_counter()
+        batch, completions = generate(prompts)
+        t_gen += time.perf_counter() - t0
+        reward, scored = score(prompts, completions)
+        rounds.append((prompts, batch, completions, reward, scored))
+        n_groups += len(prompts)
+        if not cfg.drop_zero_variance:
+            break
+        kept += int(informative_groups(reward, group_size, cfg.zero_variance_tol).sum())
+        if kept >= batch_size or len(rounds) > cfg.max_refill_rounds:
+            break
+        rate = kept / n_groups
+        n = min(batch_size, math.ceil((batch_size - kept) / rate)) if rate > 0 else batch_size
+
+    prompts = [p for r in rounds for p in r[0]]
+    reward = torch.cat([r[3] for r in rounds])
+    if cfg.drop_zero_variance:
+        informative = informative_groups(reward, group_size, cfg.zero_variance_tol)
+        keep = informative & (informative.cumsum(0) <= batch_size)  # the first batch_size
+    else:
+        informative = keep = torch.ones(len(prompts), dtype=torch.bool)
+    n_keep = int(keep.sum())
+    cap_hit = n_keep < batch_size
+    if cap_hit and cfg.max_refill_rounds:
+        warnings.warn(SHORT_BATCH_WARNING, CurriculumWarning, stacklevel=3)
+    metrics = {
+        "curriculum/filtered_fraction": 1.0 - float(informative.float().mean()),
+        "curriculum/refill_rounds": float(len(rounds) - 1),
+        "curriculum/sampled_groups": float(len(prompts)),
+        "curriculum/kept_groups": float(n_keep),
+        "curriculum/missing_groups": float(batch_size - n_keep),
+        "curriculum/short_batch": float(cap_hit),
+    }
+    return SampledGroups(
+        prompts=prompts,
+        batch=cat_rollouts([r[1] for r in rounds], pad_token_id),
+        completions=[c for r in rounds for c in r[2]],
+        scored=cat_scores([r[4] for r in rounds]),
+        reward=reward,
+        keep=keep,
+        group_size=group_size,
+        requested=batch_size,
+        refill_rounds=len(rounds) - 1,
+        cap_hit=cap_hit,
+        generate_seconds=t_gen,
+        metrics=metrics,
+    )
+
+
+def cat_rollouts(parts: list[Rollout], pad_token_id: int = 0) -> Rollout:
+    """Rollouts stacked by rows: prompts re-padded on the left, completions on the right."""
+    if len(parts) == 1:
+        return parts[0]
+    p_len = max(r.prompt_ids.shape[1] for r in parts)
+    c_len = max(r.completion_ids.shape[1] for r in parts)
+
+    def left(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
+
+    def right(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return Rollout(
+        prompt_ids=torch.cat([left(r.prompt_ids, p_len, pad_token_id) for r in parts]),
+        prompt_mask=torch.cat([left(r.prompt_mask, p_len, 0) for r in parts]),
+        completion_ids=torch.cat([right(r.completion_ids, c_len, pad_token_id) for r in parts]),
+        completion_mask=torch.cat([right(r.completion_mask, c_len, 0) for r in parts]),
+        logprobs=torch.cat([right(r.logprobs, c_len, 0.0) for r in parts]),
+        truncated=torch.cat([r.truncated for r in parts]),
+    )
+
+
+def cat_scores(parts: list[RewardResult]) -> RewardResult:
+    """Reward results stacked by rows; per-reward mean/std/unscored recomputed over all rows,
+    the rewards' own metrics averaged weighted by rows."""
+    if len(parts) == 1:
+        return parts[0]
+    scores = torch.cat([r.scores for r in parts])
+    rows = [r.scores.shape[0] for r in parts]
+    metrics: dict[str, float] = {}
+    keys = {k for r in parts for k in r.metrics}
+    for k in sorted(keys):
+        vals = [(r.metrics[k], w) for r, w in zip(parts, rows) if k in r.metrics]
+        finite = [(v, w) for v, w in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+        total = sum(w for _, w in finite)
+        metrics[k] = sum(v * w for v, w in finite) / total if total else math.nan
+    for j, name in enumerate(parts[0].names):
+        col = scores[:, j]
+        ok = col[~col.isnan()]
+        metrics[f"reward/{name}/mean"] = float(ok.mean()) if len(ok) else math.nan
+        metrics[f"reward/{name}/std"] = float(ok.std(unbiased=False)) if len(ok) else math.nan
+        metrics[f"reward/{name}/unscored"] = 1.0 - len(ok) / max(len(col), 1)
+    return RewardResult(
+        scores=scores, names=parts[0].names, weights=parts[0].weights, metrics=metrics
+    )

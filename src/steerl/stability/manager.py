@@ -182,7 +182,9 @@ class StabilityManager:
                 cur = self.pending
                 if cur is None or _PRIORITY[action] > _PRIORITY[cur["action"]]:
                     self.pending = {"action": action, "reason": reason}
-                stop = stop or action == "stop"
+                if action == "stop":
+                    stop = True
+                    self.stop_reason = self.last_reason = reason
         if self.plateau is not None:
             v = _number(metrics.get(self.plateau.metric))
             if v is not None and self.plateau.observe(v, step):

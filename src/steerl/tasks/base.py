@@ -13,7 +13,8 @@ class Prompt:
 
     ``difficulty`` orders prompts for curricula (for the arithmetic task it is the level);
     ``category`` groups them; ``meta`` carries any further dataset columns, which reach the
-    rewards as keyword fields.
+    rewards as keyword fields. ``has_difficulty`` is false where a data row had no
+    difficulty value (curricula that order by difficulty refuse or fill those).
     """
 
     id: str
@@ -22,6 +23,7 @@ class Prompt:
     difficulty: float = 0.0
     category: str = "default"
     meta: dict[str, Any] = field(default_factory=dict)
+    has_difficulty: bool = True  # false: the data row had no difficulty (0.0 stands in)
 
     @property
     def level(self) -> int:

@@ -45,6 +45,7 @@ def rows_to_prompts(rows: list[dict[str, Any]], cfg: TaskConfig, source: str) ->
                 f"{source}, row {i + 1}: no field {f.prompt!r} (task.fields.prompt); "
                 f"fields present: {sorted(row)}"
             )
+        given = row.get(f.difficulty) is not None
         diff = row.get(f.difficulty, 0.0)
         try:
             diff = float(diff) if diff is not None else 0.0
@@ -64,6 +65,7 @@ def rows_to_prompts(rows: list[dict[str, Any]], cfg: TaskConfig, source: str) ->
                 difficulty=diff,
                 category=str(row.get(f.category, "default")),
                 meta={k: v for k, v in row.items() if k not in known},
+                has_difficulty=given,
             )
         )
     return out

@@ -1,0 +1,179 @@
+"""Uniform sampling vs each curriculum: RL steps to a target greedy accuracy.
+
+The setup (``SETUP``, on top of the default recipe) gives uniform sampling something to
+waste: the warm-up demonstrates levels 1 and 2 correctly and level 3 only weakly (most
+level-3 demonstrations drop every carry), so RL starts with levels 1 and 2 nearly solved
+(always-1 groups, dropped by DAPO filtering) and level 3 partly right. RL samples from all
+three levels; the question is how many RL steps each curriculum needs until the greedy
+accuracy on the hardest trained level (3) reaches ``--target``.
+
+For each seed the warm-up runs once (``train.steps=0``); its run directory is copied per
+curriculum and resumed with ``curriculum.name=<arm> train.steps=<N> train.eval_every=<K>``,
+so every arm starts from the very same policy, optimizer state and RNG. Prints the steps to
+the target per seed (evaluated every K steps; ">N" when not reached), the mean (runs that
+miss count as N + K), the ratio to uniform, and the final accuracy per level.
+
+    python benchmarks/curriculum.py [--seeds 0 1 2] [--arms uniform competence ...]
+        [--steps 150] [--eval-every 5] [--target 0.45] [--level 3] [--jobs 2] [--from DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+#: The benchmark task, on top of the default recipe (see the module docstring).
+SETUP = [
+    "warmup.levels=[1,2,3]",
+    "warmup.flaw.level=3",
+    "warmup.flaw.fraction=0.9",
+    "task.arithmetic.train_per_level=1000",
+    "optim.lr=5e-4",
+    "train.threads=1",
+    "logging.tensorboard=false",
+    "logging.samples_every=0",
+]
+
+ARMS = ["uniform", "pacing", "competence", "adarft", "learnability", "bandit", "prioritized"]
+
+#: Per-arm overrides (besides curriculum.name).
+ARM_OVERRIDES: dict[str, list[str]] = {}
+
+
+def steerl(*args: str) -> None:
+    cmd = [sys.executable, "-m", "steerl", "train", *args, "-q"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+
+
+def run_arm(root: Path, seed: int, arm: str, args: argparse.Namespace) -> None:
+    """Copy the seed's warm-up and resume it with this curriculum."""
+    run = root / f"{arm}-{seed}"
+    if run.exists():
+        shutil.rmtree(run)
+    shutil.copytree(root / f"warmup-{seed}", run)
+    steerl(
+        str(run),
+        f"curriculum.name={arm}",
+        f"train.steps={args.steps}",
+        f"train.eval_every={args.eval_every}",
+        *ARM_OVERRIDES.get(arm, []),
+    )
+
+
+def eval_curve(run: Path, level: str) -> list[tuple[int, float]]:
+    """(RL step, greedy accuracy on ``level``) of every evaluation after the warm-up."""
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    warm = max((r["step"] for r in recs if r.get("phase") == "warmup"), default=0)
+    out = []
+    for r in recs:
+        if r.get("eval/tag") in ("rl", "final") and r["step"] > warm:
+            out.append((r["step"] - warm, r[f"eval/accuracy/level_{level}"]))
+    return out
+
+
+def steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((s for s, a in curve if a >= target - 1e-9), None)
+
+
+def fmt(xs: list[float], scale: float = 100.0) -> str:
+    m = statistics.mean(xs) * scale
+    s = (statistics.stdev(xs) if len(xs) > 1 else 0.0) * scale
+    return f"{m:5.1f} ± {s:4.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arms", nargs="+", default=ARMS)
+    ap.add_argument("--steps", type=int, default=150, help="RL steps per run (the budget)")
+    ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument("--target", type=float, default=0.45, help="greedy accuracy to reach")
+    ap.add_argument("--level", default="3", help="the level whose accuracy is the target")
+    ap.add_argument("--warmup-steps", type=int, default=1500)
+    ap.add_argument("--set", nargs="*", default=[], help="extra overrides for every run")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each on one thread)")
+    ap.add_argument("--from", dest="reuse", type=Path, help="re-print the runs under this folder")
+    args = ap.parse_args()
+    root = args.reuse or Path(tempfile.mkdtemp(prefix="steerl-curriculum-"))
+    setup = [*SETUP, f"warmup.steps={args.warmup_steps}", *args.set]
+    t_start = time.perf_counter()
+    jobs = ThreadPoolExecutor(max_workers=args.jobs)
+    if not args.reuse:
+        warmups = [
+            jobs.submit(
+                steerl,
+                "default",
+                f"train.out_dir={root / f'warmup-{seed}'}",
+                f"train.seed={seed}",
+                "train.steps=0",
+                *setup,
+            )
+            for seed in args.seeds
+            if not (root / f"warmup-{seed}" / "summary.json").is_file()
+        ]
+        for f in warmups:
+            f.result()
+        runs = [
+            jobs.submit(run_arm, root, seed, arm, args)
+            for seed in args.seeds
+            for arm in args.arms
+            if not (root / f"{arm}-{seed}" / "summary.json").is_file()
+        ]
+        for f in runs:
+            f.result()
+    wall = time.perf_counter() - t_start
+
+    budget, k = args.steps, args.eval_every
+    print(
+        f"\ncurricula on the synthetic task, seeds {args.seeds}: RL steps until greedy accuracy "
+        f"on level {args.level} >= {100 * args.target:.0f}% (evaluated every {k} steps, budget "
+        f"{budget} steps; misses count as {budget + k}); {platform.machine()}, "
+        f"{os.cpu_count()} cores\n"
+    )
+    warm_acc = [
+        json.loads((root / f"warmup-{s}" / "summary.json").read_text())["warmup"]
+        for s in args.seeds
+    ]
+    levels = sorted(warm_acc[0], key=int)
+    cols = [
+        "curriculum",
+        "steps to target (per seed)",
+        "mean",
+        "vs uniform",
+        *[f"final level {lv} (%)" for lv in levels],
+    ]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    row = ["(after warm-up)", "", "", "", *[fmt([w[lv] for w in warm_acc]) for lv in levels]]
+    print("| " + " | ".join(row) + " |")
+    base = None
+    for arm in args.arms:
+        hits, finals = [], []
+        for seed in args.seeds:
+            run = root / f"{arm}-{seed}"
+            hits.append(steps_to(eval_curve(run, args.level), args.target))
+            finals.append(json.loads((run / "summary.json").read_text())["final"])
+        counted = [h if h is not None else budget + k for h in hits]
+        mean = statistics.mean(counted)
+        base = mean if arm == "uniform" else base
+        ratio = f"{mean / base:.2f}×" if base else "—"
+        shown = ", ".join(str(h) if h is not None else f">{budget}" for h in hits)
+        accs = [fmt([f[lv] for f in finals]) for lv in levels]
+        print(f"| {arm} | {shown} | {mean:.1f} | {ratio} | " + " | ".join(accs) + " |")
+    print(f"\nrun directories under {root}; wall time {wall / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
