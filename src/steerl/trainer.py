@@ -40,7 +40,7 @@ from steerl.losses import (
     sft_loss,
 )
 from steerl.models import load_policy, make_reference
-from steerl.objectives import build_balancer, weighted_sum
+from steerl.objectives import build_balancer, build_combiner, weighted_sum
 from steerl.objectives.advantages import compute_advantages
 from steerl.rewards import build_rewards
 from steerl.rollout import Rollout, decode_completions, encode_prompts, generate
@@ -128,7 +128,14 @@ class Trainer:
         self.reference = make_reference(self.policy, cfg.model, float(cfg.loss.needs_reference))
         self.loss = build_policy_loss(cfg.loss)  # the "policy" term
         self.aux_terms = build_aux_terms(cfg.loss)  # loss.aux: further named terms
-        self.balancer = build_balancer(cfg.objectives)
+        # objectives: rewards -> training signal (combiner); loss terms -> gradient (balancer)
+        self.combiner = build_combiner(cfg.objectives, estimator=cfg.loss.advantage)
+        self.balancer = build_balancer(
+            cfg.objectives,
+            model=self.model,
+            total_steps=cfg.train.steps,
+            term_names=["policy", *[t.name for t in self.aux_terms]],
+        )
         self.curriculum = build_curriculum(
             cfg.curriculum, self.task.train, cfg.train.seed, total_steps=cfg.train.steps
         )
@@ -322,10 +329,10 @@ class Trainer:
         batch, reward, scored = groups.batch, groups.reward, groups.scored
         texts, completions, t_gen = groups.texts, groups.completions, groups.generate_seconds
 
-        # 4. advantages by loss.advantage (unscored samples get zero); with loss.kl_in=reward
-        #    the sequence KL to the reference is subtracted from the reward first
-        shaped, ref_lp, kl_metrics = self._kl_shaped_reward(batch, reward)
-        adv = compute_advantages(shaped, G, cfg.loss.advantage)
+        # 4. advantages: objectives.combine turns the reward columns into the training signal
+        #    (weighted sum by default; GDPO, Tchebycheff toward objectives.preference), with
+        #    loss.kl_in=reward the sequence KL is subtracted, then loss.advantage normalises
+        adv, ref_lp, kl_metrics = self._advantages(batch, scored, reward_weights)
 
         # 5. curriculum update with what every sampled group taught us (dropped ones too):
         #    the first reward's scores (pass rates) and the advantages, (groups, G) each
@@ -405,6 +412,16 @@ class Trainer:
             generator=self.sampler,
         )
         return batch, decode_completions(self.tokenizer, batch)
+
+    def _advantages(self, batch: Rollout, scored, reward_weights):
+        """(advantages (N,), reference logprobs or None, KL metrics) from the reward columns."""
+        G = self.cfg.rollout.group_size
+        w = reward_weights(scored)
+        if self.combiner.returns == "advantage":  # GDPO normalises per reward itself
+            return self.combiner(scored.scores, w, G), None, {}
+        signal = self.combiner(scored.scores, w, G)
+        shaped, ref_lp, kl_metrics = self._kl_shaped_reward(batch, signal)
+        return compute_advantages(shaped, G, self.cfg.loss.advantage), ref_lp, kl_metrics
 
     def _score(self, prompts: list[Prompt], completions: list[str], step: int, reward_weights):
         """One column per named reward, combined into one scalar per sample: (reward, scored)."""
@@ -554,7 +571,7 @@ class Trainer:
         all denominators count the whole batch, so the micro-batch gradients add up to the
         full-batch gradient.
         """
-        cfg, lc = self.cfg, self.cfg.loss
+        lc = self.cfg.loss
         self.model.train()
         plan = self._micro_batches(batch.completion_ids.shape[0])
         mask = batch.completion_mask.float()
@@ -568,36 +585,27 @@ class Trainer:
         for _ in range(lc.epochs):
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum, sums, term_values = 0.0, {}, {}
-            for idx in plan:
-                mb = batch.index(idx)
-                lp, ent = completion_logprobs(
-                    self.model, mb, with_entropy=True, entropy_grad=lc.entropy_coef > 0
+            self.balancer.begin_step(step)
+            try:
+                self._accumulate(
+                    plan,
+                    batch,
+                    adv,
+                    old_lp,
+                    ref_lp,
+                    aux,
+                    total_tokens,
+                    total_seqs,
+                    all_tokens,
+                    sums,
+                    term_values,
                 )
-                inputs = LossInputs(
-                    logprobs=lp,
-                    old_logprobs=lp.detach() if old_lp is None else old_lp[idx],
-                    advantages=adv[idx],
-                    mask=mb.completion_mask.float(),
-                    total_tokens=total_tokens,
-                    total_sequences=total_seqs,
-                    ref_logprobs=None if ref_lp is None else ref_lp[idx],
-                    entropy=ent,
-                    max_len=float(cfg.rollout.max_new_tokens),
-                    truncated=mb.truncated,
-                )
-                loss, metrics = self.loss(inputs)
-                terms = {"policy": loss}
-                for term in self.aux_terms:
-                    value, term_metrics = self._aux_term(term, idx, inputs, aux)
-                    terms[term.name] = term.coef * value
-                    metrics.update({f"{term.name}/{k}": v for k, v in term_metrics.items()})
-                weights = self.balancer.combine(terms, self.model.parameters())
-                for k, v in terms.items():
-                    term_values[k] = term_values.get(k, 0.0) + float(v.detach())
-                loss_sum += sum(float(v.detach()) for v in terms.values())
-                metrics["entropy"] = (ent.detach() * inputs.mask).sum() / all_tokens
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+            except BaseException:
+                self.balancer.abort_step()
+                raise
+            loss_sum = sum(term_values.values())
+            # balancer: aggregate per-objective gradients (gradient-level balancers), weights
+            weights = self.balancer.end_step()
             # stability: clip, then judge the update (non-finite, spikes, guards)
             clip = self.stability.clip(self.model.parameters())
             known = {f"train/{k}": v for k, v in sums.items()}
@@ -615,6 +623,8 @@ class Trainer:
             out.update(clip.metrics())
             out.update(known)
             out.update({f"balancer/{k}": v for k, v in weights.items()})
+            if hasattr(self.balancer, "conflicts"):  # gradient-level: cosines between terms
+                out.update({f"balancer/{k}": v for k, v in self.balancer.conflicts().items()})
             if decision.action == "apply":
                 self._set_lr(step, lr_scale=decision.lr_scale)
                 self.optimizer.step()
@@ -626,6 +636,55 @@ class Trainer:
                 self._request_stop(decision.reason)
             break  # a skipped, rolled-back or stopping update ends this batch's epochs
         return out
+
+    def _accumulate(
+        self,
+        plan,
+        batch,
+        adv,
+        old_lp,
+        ref_lp,
+        aux,
+        total_tokens,
+        total_seqs,
+        all_tokens,
+        sums,
+        term_values,
+    ) -> None:
+        """Loss terms of every micro-batch, each handed to the balancer (which does backward).
+
+        ``sums`` collects the loss metrics and ``term_values`` each term's value, over the step.
+        """
+        cfg, lc = self.cfg, self.cfg.loss
+        for idx in plan:
+            mb = batch.index(idx)
+            lp, ent = completion_logprobs(
+                self.model, mb, with_entropy=True, entropy_grad=lc.entropy_coef > 0
+            )
+            inputs = LossInputs(
+                logprobs=lp,
+                old_logprobs=lp.detach() if old_lp is None else old_lp[idx],
+                advantages=adv[idx],
+                mask=mb.completion_mask.float(),
+                total_tokens=total_tokens,
+                total_sequences=total_seqs,
+                ref_logprobs=None if ref_lp is None else ref_lp[idx],
+                entropy=ent,
+                max_len=float(cfg.rollout.max_new_tokens),
+                truncated=mb.truncated,
+            )
+            loss, metrics = self.loss(inputs)
+            terms = {"policy": loss}
+            for term in self.aux_terms:
+                value, term_metrics = self._aux_term(term, idx, inputs, aux)
+                terms[term.name] = term.coef * value
+                metrics.update({f"{term.name}/{k}": v for k, v in term_metrics.items()})
+            self.balancer.combine(terms, self.model.parameters())
+            for k, v in terms.items():
+                term_values[k] = term_values.get(k, 0.0) + float(v.detach())
+            metrics["entropy"] = (ent.detach() * inputs.mask).sum() / all_tokens
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
 
     def _aux_term(
         self, term: LossTerm, idx: torch.Tensor, x: LossInputs, aux: _AuxBatch | None
@@ -689,6 +748,10 @@ class Trainer:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        # which parameters get aggregated gradients and which the plain weighted sum
+        (self.run_dir / "balancer.json").write_text(
+            json.dumps(self.balancer.describe(), indent=1, default=str)
+        )
         resumed = self.resume()
         logger = MetricLogger(
             self.run_dir,

@@ -34,8 +34,9 @@ def test_update_ema_beta_counts_and_advantages():
     assert st.count.tolist() == [4, 0, 3, 0] and st.last_seen.tolist() == [3, -1, 3, -1]
     assert st.abs_adv[0] == pytest.approx((0.5 + 1.5 + 0.5 + 0.5) / 4)
     assert st.level_ema == {1: 0.75, 2: 0.0} and st.batch_mean == pytest.approx(3 / 7)
-    st.update(["p0"], torch.tensor([[0.0, 0.0, 0.0, 0.0]]), 4)
+    st.update(["p0"], torch.tensor([[0.0, 0.0, 0.0, 0.0]]), 4, advantages=torch.zeros(1, 4))
     assert st.ema[0] == pytest.approx(0.375) and (st.alpha[0], st.beta[0]) == (4.0, 6.0)
+    assert st.abs_adv[0] == 0.0  # the latest visit's mean |A| (PLR's score)
     assert st.level_ema[1] == pytest.approx(0.375)
     # rewards outside [0, 1] count as pass indicators clipped into it
     st.update(["p1"], torch.tensor([[2.0, -1.0, 1.0, 0.0]]), 5)

@@ -9,7 +9,7 @@ advantages. Per prompt the store keeps
                optionally discounted toward the prior on every visit (``stats.discount``)
     count      scored samples seen
     last_seen  RL step of the latest visit (-1: never)
-    abs_adv    mean |advantage| of the prompt's samples (EMA over visits)
+    abs_adv    mean |advantage| of the prompt's samples at its latest visit (as PLR's score)
 
 and per level the EMA of the pass rate of that level's groups. With ``stats.prior_from:
 level`` an unseen prompt's estimate is its level's pass rate (empirical Bayes), and the Beta
@@ -106,9 +106,7 @@ class PromptStats:
             self.count[j] += k
             self.last_seen[j] = step
             if adv is not None:
-                v = float(adv[g][ok].mean())
-                old = self.abs_adv[j]
-                self.abs_adv[j] = v if math.isnan(old) else (1 - a) * old + a * v
+                self.abs_adv[j] = float(adv[g][ok].mean())
             per_level.setdefault(int(self.level[j]), []).extend(x.tolist())
         batch = {lv: float(np.mean(v)) for lv, v in per_level.items()}
         for lv, m in batch.items():
