@@ -1,0 +1,337 @@
+"""Preference sweeps and soups: train/evaluate one run per preference vector, report the front.
+
+``sweep``: for each preference vector of ``simplex(K, N)`` (K rewards) train a run with
+``objectives.preference=[...]`` in ``OUT/runs/p<i>`` and evaluate it on every reward (one
+subprocess ``python -m steerl.pareto.evaluate RUN --train ...`` per point, ``jobs`` at a
+time, training exactly as ``steerl train`` and writing ``objectives.json``), then write
+``OUT/pareto.json``, ``OUT/pareto.csv`` and ``OUT/front.png``.
+Resumable: a run whose ``summary.json`` says completed is not retrained, and one with an
+``objectives.json`` is not re-evaluated. With ``from_warmup`` (a finished run directory, e.g.
+trained with ``train.steps=0``) every point starts from a copy of it and resumes with the
+preference and the overrides (``train.steps`` from RECIPE, or from the warm-up's recipe, unless
+overridden), so the SFT warm-up runs once for the whole sweep.
+
+"Targeted trade-offs": each point's angle (degrees) between its objective vector, normalised
+to [0, 1] per objective by the front's ranges, and its preference vector; small means the run
+landed on the ray its preference asked for (``null`` when the normalised vector is 0).
+
+``soup_points``: rewarded-soup mixtures of checkpoints evaluated with one Trainer.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steerl.pareto.evaluate import OBJECTIVES_FILE
+from steerl.pareto.front import hypervolume, knee_point, non_dominated, simplex
+
+
+class SweepError(ValueError):
+    """A mistake the user can fix (bad --weights, --ref, warm-up directory, failed run)."""
+
+
+def parse_weights(spec: str) -> int:
+    """``simplex:N`` -> N (divisions >= 1)."""
+    m = re.fullmatch(r"\s*simplex\s*:\s*(-?\d+)\s*", spec or "")
+    if not m:
+        raise SweepError(
+            f"--weights {spec!r} is not understood; use simplex:N (N >= 1 divisions, e.g. "
+            "simplex:4 gives 5 preference vectors for 2 rewards)"
+        )
+    n = int(m.group(1))
+    if n < 1:
+        raise SweepError(f"--weights {spec!r}: simplex:N needs N >= 1 divisions, got {n}")
+    return n
+
+
+def parse_ref(spec: str | None, k: int) -> list[float] | None:
+    if spec is None:
+        return None
+    try:
+        ref = [float(x) for x in spec.replace(" ", "").strip("[]").split(",")]
+    except ValueError:
+        raise SweepError(f"--ref {spec!r} must be {k} comma-separated numbers") from None
+    if len(ref) != k or not all(math.isfinite(x) for x in ref):
+        raise SweepError(f"--ref {spec!r} must be {k} comma-separated finite numbers")
+    return ref
+
+
+def _fmt(v: float) -> str:
+    return repr(round(float(v), 6))
+
+
+def preference_override(pref: Sequence[float]) -> str:
+    return "objectives.preference=[" + ",".join(_fmt(x) for x in pref) + "]"
+
+
+def _completed(run: Path) -> bool:
+    try:
+        return bool(json.loads((run / "summary.json").read_text()).get("completed"))
+    except (OSError, ValueError):
+        return False
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    with log.open("a") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-8:])
+        raise SweepError(f"command failed (exit {rc}), see {log}:\n{tail}")
+
+
+def run_point(
+    run: Path,
+    pref: Sequence[float],
+    recipe: str | None,
+    overrides: Sequence[str],
+    from_warmup: Path | None,
+) -> tuple[dict[str, float], bool]:
+    """Train (unless completed) and evaluate (unless done) one point; (objectives, trained)."""
+    run.parent.mkdir(parents=True, exist_ok=True)
+    log = run.parent / f"{run.name}.log"
+    trained = False
+    obj_file = run / OBJECTIVES_FILE
+    py = [sys.executable, "-m", "steerl.pareto.evaluate", str(run)]
+    if not _completed(run):
+        args = [*overrides, preference_override(pref), "logging.progress=false"]
+        if (run / "config.yaml").is_file():  # interrupted earlier: resume it
+            train = [str(run), *args]
+        elif from_warmup is not None:
+            shutil.copytree(from_warmup, run, dirs_exist_ok=True)
+            for stale in ("summary.json", OBJECTIVES_FILE, "report.html"):
+                (run / stale).unlink(missing_ok=True)
+            train = [str(run), *args]
+        else:
+            train = [*([recipe] if recipe else []), *args, f"train.out_dir={run}"]
+        obj_file.unlink(missing_ok=True)
+        _run([*py, "--train", *train], log)
+        trained = True
+    if not obj_file.is_file():
+        _run(py, log)
+    return json.loads(obj_file.read_text())["objectives"], trained
+
+
+def check_warmup(path: Path) -> None:
+    if not (path / "config.yaml").is_file() or not (path / "checkpoints").is_dir():
+        raise SweepError(
+            f"--from-warmup {str(path)!r} is not a finished run directory (config.yaml and "
+            "checkpoints/ expected); make one with: steerl train RECIPE train.steps=0 "
+            "train.out_dir=DIR"
+        )
+
+
+def angles(points: np.ndarray, prefs: np.ndarray, mask: np.ndarray) -> list[float | None]:
+    """Degrees between each point (normalised by the front's per-objective ranges) and its
+    preference vector; None where the normalised point is the zero vector."""
+    front = points[mask]
+    lo, hi = front.min(0), front.max(0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    out: list[float | None] = []
+    for x, p in zip((points - lo) / span, prefs):
+        nx, npf = np.linalg.norm(x), np.linalg.norm(p)
+        if nx < 1e-12 or npf < 1e-12:
+            out.append(None)
+            continue
+        cos = float(np.clip(x @ p / (nx * npf), -1.0, 1.0))
+        out.append(round(math.degrees(math.acos(cos)), 2))
+    return out
+
+
+def default_ref(points: np.ndarray) -> list[float]:
+    """min of each objective minus 10% of its range (0.1 when the range is 0)."""
+    lo, hi = points.min(0), points.max(0)
+    margin = np.where(hi > lo, 0.1 * (hi - lo), 0.1)
+    return [float(x) for x in lo - margin]
+
+
+def summarise(
+    names: list[str],
+    rows: list[dict[str, Any]],
+    ref: list[float] | None,
+) -> dict[str, Any]:
+    """Front flags, angles, knee and hypervolume for rows with 'preference' and 'objectives'."""
+    pts = np.array([[r["objectives"][n] for n in names] for r in rows], dtype=np.float64)
+    prefs = np.array([r["preference"] for r in rows], dtype=np.float64)
+    mask = non_dominated(pts)
+    ang = angles(pts, prefs, mask)
+    for r, on, a in zip(rows, mask, ang):
+        r["on_front"] = bool(on)
+        r["angle_deg"] = a
+    ref = ref if ref is not None else default_ref(pts)
+    return {
+        "objectives": names,
+        "directions": ["max"] * len(names),
+        "ref": ref,
+        "hypervolume": hypervolume(pts[mask], ref),
+        "knee": int(knee_point(pts)),
+        "points": rows,
+    }
+
+
+def write_csv(path: Path, names: list[str], rows: list[dict[str, Any]], extra: list[str]) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            ["index", *[f"pref_{n}" for n in names], *names, "on_front", "angle_deg", *extra]
+        )
+        for i, r in enumerate(rows):
+            w.writerow(
+                [
+                    i,
+                    *[_fmt(x) for x in r["preference"]],
+                    *[_fmt(r["objectives"][n]) for n in names],
+                    int(r["on_front"]),
+                    "" if r.get("angle_deg") is None else r["angle_deg"],
+                    *[r.get(e, "") for e in extra],
+                ]
+            )
+
+
+def plot(
+    path: Path, names: list[str], groups: list[tuple[str, list[dict[str, Any]]]]
+) -> Path | None:
+    """front.png of all points (labels: group prefix + index); None for a single objective."""
+    from steerl.pareto import plot_front_2d, plot_parallel
+
+    rows = [(f"{prefix}{i}", r) for prefix, rs in groups for i, r in enumerate(rs)]
+    if len(names) < 2 or not rows:
+        return None
+    pts = np.array([[r["objectives"][n] for n in names] for _, r in rows])
+    title = "Pareto front" + (" (s: soups)" if any(p == "s" for p, _ in groups) else "")
+    if len(names) == 2:
+        return plot_front_2d(pts, path, names=names, labels=[lab for lab, _ in rows], title=title)
+    return plot_parallel(pts, path, names=names, title=title)
+
+
+def sweep(
+    recipe: str | None,
+    overrides: Sequence[str],
+    divisions: int,
+    out: Path,
+    jobs: int = 1,
+    ref: str | None = None,
+    from_warmup: Path | None = None,
+    on_point: Callable[[int, dict[str, float], bool], None] | None = None,
+) -> dict[str, Any]:
+    """Run the sweep (see the module docstring); returns the pareto.json content."""
+    from steerl.config import load_config
+
+    if from_warmup is not None:
+        check_warmup(from_warmup)
+        if not any(o.startswith("train.steps=") for o in overrides):
+            # the warm-up ran with train.steps=0: take the RL length from the recipe
+            warm = load_config(from_warmup / "config.yaml")
+            steps = load_config(recipe or warm.recipe).train.steps
+            overrides = [*overrides, f"train.steps={steps}"]
+        cfg = load_config(from_warmup / "config.yaml", list(overrides))
+    else:
+        cfg = load_config(recipe, list(overrides))
+    names = [r.label for r in cfg.rewards]
+    prefs = simplex(len(names), divisions)
+    ref_v = parse_ref(ref, len(names))
+    # validate one point's config up front (wrong length, scheduled weights, ...)
+    base = from_warmup / "config.yaml" if from_warmup is not None else recipe
+    load_config(base, [*overrides, preference_override(prefs[0])])
+    out.mkdir(parents=True, exist_ok=True)
+    runs = out / "runs"
+
+    def one(i: int) -> dict[str, Any]:
+        run = runs / f"p{i}"
+        obj, trained = run_point(run, prefs[i].tolist(), recipe, overrides, from_warmup)
+        if on_point is not None:
+            on_point(i, obj, trained)
+        return {"preference": prefs[i].tolist(), "objectives": obj, "run_dir": str(run)}
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        rows = list(pool.map(one, range(len(prefs))))
+    result = summarise(names, rows, ref_v)
+    result["weights"] = f"simplex:{divisions}"
+    (out / "pareto.json").write_text(json.dumps(result, indent=1))
+    write_csv(out / "pareto.csv", names, rows, ["run_dir"])
+    png = plot(out / "front.png", names, [("p", rows)])
+    result["plot"] = str(png) if png else None
+    return result
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder, a .safetensors file, or a run directory (-> newest checkpoint)."""
+    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        from steerl.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(path)
+        if last is None:
+            raise SweepError(f"run directory {str(path)!r} has no complete checkpoint")
+        return last
+    return path
+
+
+def soup_points(
+    checkpoints: Sequence[Path],
+    steps: int,
+    recipe: str,
+    overrides: Sequence[str],
+    out: Path,
+    on_point: Callable[[int, list[float], dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``simplex(len(checkpoints), steps)`` weight mixtures on every objective;
+    writes soup.json / soup.csv (and front.png, with OUT/pareto.json's points if present)."""
+    from steerl.config import load_config
+    from steerl.pareto.soups import check_same_base, interpolate, load_checkpoint
+
+    if len(checkpoints) < 2:
+        raise SweepError("a soup needs at least two checkpoints")
+    if steps < 1:
+        raise SweepError(f"--steps must be >= 1, got {steps}")
+    paths = [resolve_checkpoint(Path(c)) for c in checkpoints]
+    loaded = [load_checkpoint(p) for p in paths]
+    sds = [sd for sd, _ in loaded]
+    check_same_base(sds, [c for _, c in loaded], [str(c) for c in checkpoints])
+    rp = Path(recipe)
+    cfg = load_config(rp / "config.yaml" if rp.is_dir() else recipe, list(overrides))
+
+    from steerl.pareto.evaluate import evaluate_objectives
+    from steerl.trainer import Trainer
+
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, out / "soup-trainer")
+    own = trainer.model.state_dict()
+    unknown = sorted(set(sds[0]) - set(own))
+    if unknown:
+        raise SweepError(
+            f"the checkpoints do not fit the recipe's model ({cfg.model.name}): unknown "
+            f"tensors {unknown[:5]}; pass the recipe (or run directory) they were trained with"
+        )
+    names = [r.label for r in cfg.rewards]
+    rows: list[dict[str, Any]] = []
+    for i, w in enumerate(simplex(len(paths), steps)):
+        mixed = interpolate(sds, w.tolist())
+        trainer.model.load_state_dict(mixed, strict=False)
+        obj = evaluate_objectives(trainer)
+        if on_point is not None:
+            on_point(i, w.tolist(), obj)
+        rows.append({"preference": w.tolist(), "objectives": obj})
+    result = summarise(names, rows, None)
+    result["checkpoints"] = [str(p) for p in paths]
+    (out / "soup.json").write_text(json.dumps(result, indent=1))
+    write_csv(out / "soup.csv", names, rows, [])
+    groups: list[tuple[str, list[dict[str, Any]]]] = []
+    if (out / "pareto.json").is_file():
+        groups.append(("p", json.loads((out / "pareto.json").read_text())["points"]))
+    groups.append(("s", rows))
+    png = plot(out / "front.png", names, groups)
+    result["plot"] = str(png) if png else None
+    return result

@@ -1,0 +1,131 @@
+"""``steerl pareto sweep`` / ``soup``: files, front flags, resumability, bad input, soups."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_RUN
+from typer.testing import CliRunner
+
+from steerl.cli import app
+from steerl.config import ConfigError, load_config
+from steerl.pareto import non_dominated
+from steerl.pareto.sweep import angles, parse_weights
+
+# a 2-reward sweep of the tiny model: warm-up off, so greedy completions are non-empty
+SWEEP = [*TINY_RUN, "warmup.steps=0", "train.steps=2"]
+
+
+def _runner() -> CliRunner:
+    try:  # click < 8.2 mixes stderr into output unless told otherwise
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("sweep")
+    args = ["pareto", "sweep", "pareto_demo", *SWEEP, "--weights", "simplex:1"]
+    res = _runner().invoke(app, [*args, "--jobs", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output + str(res.exception)
+    return out, res.output
+
+
+def test_sweep_writes_front_files(swept):
+    out, output = swept
+    data = json.loads((out / "pareto.json").read_text())
+    assert data["objectives"] == ["exact_match", "length_penalty"]
+    pts = data["points"]
+    assert [p["preference"] for p in pts] == [[1.0, 0.0], [0.0, 1.0]]
+    vec = np.array([[p["objectives"][n] for n in data["objectives"]] for p in pts])
+    assert [p["on_front"] for p in pts] == non_dominated(vec).tolist()
+    assert data["hypervolume"] >= 0 and len(data["ref"]) == 2
+    for i, p in enumerate(pts):
+        run = Path(p["run_dir"])
+        assert run == out / "runs" / f"p{i}"
+        assert json.loads((run / "summary.json").read_text())["completed"]
+        assert load_config(run / "config.yaml").objectives.preference == p["preference"]
+    rows = list(csv.DictReader((out / "pareto.csv").open()))
+    assert [int(r["on_front"]) for r in rows] == [int(p["on_front"]) for p in pts]
+    assert "angle_deg" in rows[0] and "pref_length_penalty" in rows[0]
+    assert (out / "front.png").read_bytes()[:4] == b"\x89PNG"
+    assert "p0 (trained)" in output and "p1 (trained)" in output
+
+
+def test_sweep_is_resumable(swept):
+    out, _ = swept
+    ckpts = sorted((out / "runs" / "p0" / "checkpoints").iterdir())
+    mtimes = [c.stat().st_mtime_ns for c in ckpts]
+    args = ["pareto", "sweep", "pareto_demo", *SWEEP, "--weights", "simplex:1"]
+    res = _runner().invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "p0 (reused)" in res.output and "p1 (reused)" in res.output
+    assert [c.stat().st_mtime_ns for c in ckpts] == mtimes
+    assert (out / "runs" / "p0.log").read_text().count("--train") == 1
+
+
+@pytest.mark.parametrize("spec", ["simplex:0", "grid:3", "simplex:x", ""])
+def test_bad_weights_spec_exits_2(tmp_path, spec):
+    res = _runner().invoke(
+        app, ["pareto", "sweep", "pareto_demo", "--weights", spec, "--out", str(tmp_path)]
+    )
+    assert res.exit_code == 2
+    assert "simplex:N" in res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_parse_weights():
+    assert parse_weights("simplex:4") == 4
+
+
+def test_wrong_preference_length_is_a_config_error():
+    with pytest.raises(ConfigError, match="preference has 3 entries for 2 rewards"):
+        load_config("pareto_demo", ["objectives.preference=[0.2,0.3,0.5]"])
+
+
+def test_angles_are_zero_on_the_targeted_ray():
+    pts = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    prefs = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    assert angles(pts, prefs, non_dominated(pts)) == [0.0, 0.0, 0.0]
+
+
+def test_soup_endpoints_reproduce_the_checkpoints(swept, tmp_path):
+    out, _ = swept
+    runs = [out / "runs" / "p0", out / "runs" / "p1"]
+    sets = [x for o in SWEEP for x in ("--set", o)]
+    res = _runner().invoke(
+        app,
+        ["pareto", "soup", *map(str, runs), "--steps", "2", "--recipe", "pareto_demo", *sets]
+        + ["--out", str(tmp_path)],
+    )
+    assert res.exit_code == 0, res.output + str(res.exception)
+    soup = json.loads((tmp_path / "soup.json").read_text())
+    assert [p["preference"] for p in soup["points"]] == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
+    own = [json.loads((r / "objectives.json").read_text())["objectives"] for r in runs]
+    assert soup["points"][0]["objectives"] == own[0]
+    assert soup["points"][-1]["objectives"] == own[1]
+    assert (tmp_path / "soup.csv").is_file() and (tmp_path / "front.png").is_file()
+
+
+def test_soup_of_different_base_models_exits_2(tmp_path):
+    from safetensors.torch import save_file
+
+    paths = []
+    for name, width in (("a", 4), ("b", 8)):
+        d = tmp_path / name
+        d.mkdir()
+        save_file({"w": torch.zeros(width, 2)}, str(d / "model.safetensors"))
+        (d / "config.json").write_text(json.dumps({"hidden_size": width}))
+        paths.append(str(d))
+    res = _runner().invoke(
+        app, ["pareto", "soup", *paths, "--recipe", "pareto_demo", "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 2
+    assert paths[0] in res.stderr and paths[1] in res.stderr
+    assert not (tmp_path / "o").exists()
