@@ -195,7 +195,10 @@ def test_grpo_preset_seq_mean_token_mean_with_k3_kl_by_hand():
     #   seq 1 (A=-2): min(-1.8, -1.8)=-1.8, min(-2.5, -2.4)=-2.5
     pg = -((1.1 + 0.7 + 1.2) / 3 + (-1.8 - 2.5) / 2) / 2
     lpv = lp.detach()
-    k3 = [[math.exp(a - b) - (a - b) - 1 for a, b in zip(ra, rb)] for ra, rb in zip(ref, lpv)]
+    k3 = [
+        [math.exp(a - b) - (a - b) - 1 for a, b in zip(ra, rb)]
+        for ra, rb in zip(ref.tolist(), lpv.tolist())
+    ]
     kl = ((k3[0][0] + k3[0][1] + k3[0][2]) / 3 + (k3[1][0] + k3[1][1]) / 2) / 2
     assert m["pg_loss"].item() == pytest.approx(pg, abs=1e-12)
     assert m["kl"].item() == pytest.approx(kl, abs=1e-12)
