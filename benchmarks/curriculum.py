@@ -12,10 +12,13 @@ curriculum and resumed with ``curriculum.name=<arm> train.steps=<N> train.eval_e
 so every arm starts from the very same policy, optimizer state and RNG. Prints the steps to
 each target per seed (evaluated every K steps; ">N" when not reached), the mean (a run that
 misses counts as N + K, which flatters the arm that misses), the ratio to uniform, and the
-final accuracy per level.
+final accuracy per level. The ``oracle`` arm is no curriculum: uniform sampling restricted to
+the target level (``curriculum.levels``), the informed choice a selector has to discover; it
+shows how much focusing can buy in this setup.
 
     python benchmarks/curriculum.py [--seeds 0 1 2] [--arms uniform competence ...]
-        [--steps 200] [--eval-every 5] [--target 0.3 0.45] [--level 3] [--jobs 2] [--from DIR]
+        [--steps 200] [--eval-every 5] [--target 0.3 0.45] [--level 3] [--jobs 2]
+        [--rl-set KEY=VALUE ...] [--root DIR | --from DIR]
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ SETUP = [
 
 ARMS = ["uniform", "pacing", "competence", "adarft", "learnability", "bandit", "prioritized"]
 
+#: Not a curriculum: uniform sampling restricted to the target level (``curriculum.levels``),
+#: the informed choice no selector knows in advance; a reference for how much focus can buy.
+ORACLE = "oracle"
+
 #: Per-arm overrides (besides curriculum.name).
 ARM_OVERRIDES: dict[str, list[str]] = {}
 
@@ -65,12 +72,16 @@ def run_arm(root: Path, seed: int, arm: str, args: argparse.Namespace) -> None:
     if run.exists():
         shutil.rmtree(run)
     shutil.copytree(root / f"warmup-{seed}", run)
+    name = [f"curriculum.name={arm}"]
+    if arm == ORACLE:
+        name = ["curriculum.name=uniform", f"curriculum.levels=[{args.level}]"]
     steerl(
         str(run),
-        f"curriculum.name={arm}",
+        *name,
         f"train.steps={args.steps}",
         f"train.eval_every={args.eval_every}",
         *ARM_OVERRIDES.get(arm, []),
+        *args.rl_set,
     )
 
 
@@ -83,6 +94,12 @@ def eval_curve(run: Path, level: str) -> list[tuple[int, float]]:
         if r.get("eval/tag") in ("rl", "final") and r["step"] > warm:
             out.append((r["step"] - warm, r[f"eval/accuracy/level_{level}"]))
     return out
+
+
+def kept_share(run: Path) -> float:
+    """Mean share of each RL step's groups that carried signal (not dropped by DAPO)."""
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return statistics.mean(r["train/kept_groups"] for r in recs if r.get("phase") == "rl")
 
 
 def steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -98,7 +115,7 @@ def fmt(xs: list[float], scale: float = 100.0) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--arms", nargs="+", default=ARMS)
+    ap.add_argument("--arms", nargs="+", default=[*ARMS, ORACLE])
     ap.add_argument("--steps", type=int, default=200, help="RL steps per run (the budget)")
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument(
@@ -107,6 +124,7 @@ def main() -> None:
     ap.add_argument("--level", default="3", help="the level whose accuracy is the target")
     ap.add_argument("--warmup-steps", type=int, default=3000)
     ap.add_argument("--set", nargs="*", default=[], help="extra overrides for every run")
+    ap.add_argument("--rl-set", nargs="*", default=[], help="extra overrides for the RL runs")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each on one thread)")
     ap.add_argument("--root", type=Path, help="run folder (finished runs in it are kept)")
     ap.add_argument("--from", dest="reuse", type=Path, help="re-print the runs under this folder")
@@ -145,7 +163,9 @@ def main() -> None:
     print(
         f"\ncurricula on the synthetic task, seeds {args.seeds}: RL steps until greedy accuracy "
         f"on level {args.level} reaches {targets} (evaluated every {k} steps, budget {budget} "
-        f"steps; a miss counts as {budget + k}); {platform.machine()}, {os.cpu_count()} cores\n"
+        f"steps; a miss counts as {budget + k}); {platform.machine()}, {os.cpu_count()} cores"
+        + (f"; RL runs with {' '.join(args.rl_set)}" if args.rl_set else "")
+        + "\n"
     )
     warm_acc = [
         json.loads((root / f"warmup-{s}" / "summary.json").read_text())["warmup"]
@@ -155,10 +175,10 @@ def main() -> None:
     cols = ["curriculum"]
     for t in args.target:
         cols += [f"steps to {100 * t:.0f}% (per seed)", "mean", "vs uniform"]
-    cols += [f"final level {lv} (%)" for lv in levels]
+    cols += ["informative groups (%)", *[f"final level {lv} (%)" for lv in levels]]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
-    row = ["(after warm-up)", *[""] * (3 * len(args.target))]
+    row = ["(after warm-up)", *[""] * (3 * len(args.target) + 1)]
     row += [fmt([w[lv] for w in warm_acc]) for lv in levels]
     print("| " + " | ".join(row) + " |")
     base: dict[float, float] = {}
@@ -166,7 +186,7 @@ def main() -> None:
         runs = [root / f"{arm}-{seed}" for seed in args.seeds]
         curves = [eval_curve(run, args.level) for run in runs]
         finals = [json.loads((run / "summary.json").read_text())["final"] for run in runs]
-        row = [arm]
+        row = [f"{arm} (uniform on level {args.level} only)" if arm == ORACLE else arm]
         for t in args.target:
             hits = [steps_to(c, t) for c in curves]
             mean = statistics.mean(h if h is not None else budget + k for h in hits)
@@ -175,6 +195,7 @@ def main() -> None:
             ratio = f"{mean / base[t]:.2f}×" if base.get(t) else "—"
             row += [", ".join(str(h) if h is not None else f">{budget}" for h in hits)]
             row += [f"{mean:.1f}", ratio]
+        row += [fmt([kept_share(run) for run in runs])]
         row += [fmt([f[lv] for f in finals]) for lv in levels]
         print("| " + " | ".join(row) + " |")
     print(f"\nrun directories under {root}; wall time {wall / 60:.1f} min")
