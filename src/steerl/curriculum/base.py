@@ -58,6 +58,8 @@ class Curriculum:
         self.cfg = cfg
         self.seed = seed
         self.total_steps = total_steps
+        if difficulty is None and self.needs_difficulty:  # the prompts' own difficulty
+            difficulty = np.array([p.difficulty for p in self.prompts], dtype=np.float64)
         self.difficulty = difficulty
         self.gen = np.random.Generator(np.random.PCG64(seed))
         self.stats = PromptStats(self.prompts, self.cfg.stats)

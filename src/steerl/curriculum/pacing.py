@@ -62,8 +62,6 @@ class PacingCurriculum(Curriculum):
         total_steps: int = 0,
     ):
         super().__init__(prompts, seed, cfg, difficulty, total_steps)
-        if self.difficulty is None:
-            self.difficulty = np.array([p.difficulty for p in self.prompts], dtype=np.float64)
         self.pc: PacingConfig = self.cfg.pacing
         self.pace_steps = self.pc.pace_steps or max(1, total_steps // 2)
         ties = np.random.Generator(np.random.PCG64([seed, 7])).permutation(len(self.prompts))

@@ -82,8 +82,6 @@ class AdaRFTCurriculum(Curriculum):
         total_steps: int = 0,
     ):
         super().__init__(prompts, seed, cfg, difficulty, total_steps)
-        if self.difficulty is None:
-            self.difficulty = np.array([p.difficulty for p in self.prompts], dtype=np.float64)
         self.norm = normalise(self.difficulty)
         self.target = float(self.cfg.adarft.initial)
 
