@@ -1,5 +1,5 @@
-"""The ``steerl`` command line: ``train``, ``eval``, ``recipes``, ``list``, ``report`` and
-``curriculum profile``.
+"""The ``steerl`` command line: ``train``, ``eval``, ``recipes``, ``list``, ``report``,
+``curriculum profile``, ``pareto sweep|soup`` and ``tune run|report|export``.
 
 Mistakes the user can fix (a bad recipe or override, an unknown component, a model that will
 not load, a reward that keeps failing, a missing file) end with a red ``error: ...`` on stderr
@@ -459,5 +459,15 @@ def pareto_soup(
         console.print(f"wrote {result['plot']}", highlight=False, soft_wrap=True)
 
 
+# --------------------------------------------------------------------------- tune
+from steerl.tuning.cli import tune_app  # noqa: E402  (it uses _user_errors defined above)
+
+app.add_typer(tune_app, name="tune")
+
+
 def main() -> None:
     app(prog_name="steerl")
+
+
+if __name__ == "__main__":
+    main()

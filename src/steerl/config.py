@@ -17,7 +17,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -25,13 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-
-class ConfigError(ValueError):
-    """A recipe or override is invalid; the message is meant for the user as-is."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from steerl.config_base import ConfigError, Section  # ConfigError is re-exported
+from steerl.tuning.spec import TuneConfig
 
 
 # --------------------------------------------------------------------------- model
@@ -159,6 +153,9 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling mass
     max_new_tokens: int = Field(8, ge=1)  # completion length cap (truncated if reached)
     eval_max_new_tokens: int | None = None  # greedy eval cap; null: max_new_tokens
+    backend: Literal["auto", "eager", "static"] = "auto"  # sampler; auto: static on CUDA
+    compile: bool = False  # backend=static on CUDA: torch.compile the decode step (slow start)
+    ignore_eos: bool = False  # sample past EOS: full-length completions (benchmarks)
 
 
 # --------------------------------------------------------------------------- rewards
@@ -940,6 +937,9 @@ class ObjectivesConfig(Section):
     aggregate_params: str | None = None  # last_blocks:N | lora | hidden_state | regex:<pat>
     #   null: last_blocks:1 (gradnorm, aggregators), hidden_state (mgda_ub)
     backend: Literal["auto", "builtin", "torchjd"] = "auto"  # torchjd: pip install steerl[mo]
+    jacobian: Literal["auto", "autograd"] = "auto"  # per-term gradients (aggregators, gradnorm)
+    #   auto: through the LM head once per token tensor when exact (objectives/factored.py);
+    #   autograd: one backward per term through the head (the slow reference)
     uncertainty: UncertaintyConfig = UncertaintyConfig()
     dwa: DWAConfig = DWAConfig()
     gradnorm: GradNormConfig = GradNormConfig()
@@ -999,6 +999,11 @@ class ObjectivesConfig(Section):
             )
         if b == "scheduled" and not self.schedules:
             raise ValueError("balancer=scheduled needs schedules: {<term>: {start, end, ...}}")
+        if self.jacobian != "auto" and b not in ("gradnorm", *AGGREGATOR_BALANCERS):
+            raise ValueError(
+                f"jacobian={self.jacobian!r} is read by gradnorm and the gradient aggregators "
+                f"({', '.join(AGGREGATOR_BALANCERS)}), not balancer={b}"
+            )
         spec = self.aggregate_params
         if spec is not None:
             if b not in ("gradnorm", *AGGREGATOR_BALANCERS):
@@ -1089,6 +1094,7 @@ class Config(Section):
     objectives: ObjectivesConfig = ObjectivesConfig()  # reward combination, balancing
     train: TrainConfig = TrainConfig()  # steps, seed, evaluation, checkpoints
     logging: LoggingConfig = LoggingConfig()  # metric sinks, progress bar, report
+    tune: TuneConfig = TuneConfig()  # hyperparameter search (steerl tune)
 
     @field_validator("rewards")
     @classmethod

@@ -24,8 +24,12 @@ OBJECTIVES_FILE = "objectives.json"
 
 
 @torch.no_grad()
-def evaluate_objectives(trainer: Any, chunk: int = 512) -> dict[str, float]:
-    """Mean greedy score per reward label on ``trainer.task.eval`` (dict in reward order)."""
+def greedy_scores(trainer: Any, chunk: int = 512) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Greedy completions of ``trainer.task.eval`` scored by every reward.
+
+    Returns ``(reward labels, scores (N, K) float64 with unscored as 0, completion lengths (N,)
+    in tokens)``.
+    """
     from steerl.rollout import decode_completions, encode_prompts, generate
     from steerl.trainer import _prompt_fields
 
@@ -35,6 +39,7 @@ def evaluate_objectives(trainer: Any, chunk: int = 512) -> dict[str, float]:
     was_training = trainer.model.training
     trainer.model.eval()
     cols: list[torch.Tensor] = []
+    lengths: list[torch.Tensor] = []
     names: list[str] = [r.label for r in cfg.rewards]
     try:
         for i in range(0, len(prompts), chunk):
@@ -55,12 +60,20 @@ def evaluate_objectives(trainer: Any, chunk: int = 512) -> dict[str, float]:
             comps = decode_completions(trainer.tokenizer, out)
             res = trainer.rewards.score(texts, comps, _prompt_fields(part), -1)
             names = list(res.names)
-            cols.append(res.scores.nan_to_num(0.0).to(torch.float64))
+            cols.append(res.scores.nan_to_num(0.0).to(torch.float64).cpu())
+            lengths.append(out.completion_mask.sum(-1).to(torch.float64).cpu())
     finally:
         trainer.model.train(was_training)
     if not cols:
+        return names, torch.zeros(0, len(names), dtype=torch.float64), torch.zeros(0)
+    return names, torch.cat(cols), torch.cat(lengths)
+
+
+def evaluate_objectives(trainer: Any, chunk: int = 512) -> dict[str, float]:
+    """Mean greedy score per reward label on ``trainer.task.eval`` (dict in reward order)."""
+    names, scores, _ = greedy_scores(trainer, chunk)
+    if not len(scores):
         return {n: 0.0 for n in names}
-    scores = torch.cat(cols)
     return {n: float(scores[:, j].mean()) for j, n in enumerate(names)}
 
 
