@@ -468,6 +468,3 @@ app.add_typer(tune_app, name="tune")
 def main() -> None:
     app(prog_name="steerl")
 
-
-if __name__ == "__main__":
-    main()

@@ -138,7 +138,7 @@ def _spawn_workers(recipe: str | None, overrides: list[str], ctx: Any, n: int) -
     cmd = [
         sys.executable,
         "-m",
-        "steerl.cli",
+        "steerl",
         "tune",
         "run",
         *([recipe] if recipe else []),
