@@ -122,7 +122,6 @@ class PBTConfig(Section):
     quantile: float = Field(0.25, gt=0, le=0.5)  # bottom share replaced by a top member's copy
     perturb: list[float] = [0.8, 1.2]  # factors a copied float/int hyperparameter is moved by
     resample_probability: float = Field(0.25, ge=0, le=1)  # resample instead of perturbing
-    jobs: int = Field(1, ge=1)  # members trained in parallel processes within a round
 
     @field_validator("perturb")
     @classmethod
