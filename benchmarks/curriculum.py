@@ -18,7 +18,10 @@ shows how much focusing can buy in this setup.
 
     python benchmarks/curriculum.py [--seeds 0 1 2] [--arms uniform competence ...]
         [--steps 200] [--eval-every 5] [--target 0.3 0.45] [--level 3] [--jobs 2]
-        [--rl-set KEY=VALUE ...] [--root DIR | --from DIR]
+        [--rl-set KEY=VALUE ...] [--root DIR | --from DIR] [--plot PNG]
+
+``--plot PNG`` also draws the greedy accuracy on the target level against the RL step, mean
+over the seeds, one line per curriculum (the figure in docs/advanced-training/).
 """
 
 from __future__ import annotations
@@ -112,6 +115,32 @@ def fmt(xs: list[float], scale: float = 100.0) -> str:
     return f"{m:5.1f} ± {s:4.1f}"
 
 
+def plot_curves(root: Path, args: argparse.Namespace, path: Path) -> None:
+    """Mean greedy accuracy on the target level vs RL step, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for arm in args.arms:
+        curves = [dict(eval_curve(root / f"{arm}-{seed}", args.level)) for seed in args.seeds]
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        mean = [100 * statistics.mean(c[s] for c in curves) for s in steps]
+        style = {"ls": "--", "c": "black"} if arm == ORACLE else {}
+        ax.plot(steps, mean, label=arm, lw=1.4, **style)
+    for t in args.target:
+        ax.axhline(100 * t, c="grey", lw=0.6, ls=":")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel(f"greedy accuracy, level {args.level} (%)")
+    ax.set_title(f"Mean over seeds {', '.join(map(str, args.seeds))}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -128,6 +157,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each on one thread)")
     ap.add_argument("--root", type=Path, help="run folder (finished runs in it are kept)")
     ap.add_argument("--from", dest="reuse", type=Path, help="re-print the runs under this folder")
+    ap.add_argument("--plot", type=Path, help="also plot the accuracy curves to this PNG")
     args = ap.parse_args()
     root = args.reuse or args.root or Path(tempfile.mkdtemp(prefix="steerl-curriculum-"))
     setup = [*SETUP, f"warmup.steps={args.warmup_steps}", *args.set]
@@ -199,6 +229,8 @@ def main() -> None:
         row += [fmt([f[lv] for f in finals]) for lv in levels]
         print("| " + " | ".join(row) + " |")
     print(f"\nrun directories under {root}; wall time {wall / 60:.1f} min")
+    if args.plot:
+        plot_curves(root, args, args.plot)
 
 
 if __name__ == "__main__":
