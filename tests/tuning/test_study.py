@@ -47,9 +47,17 @@ def test_a_study_runs_its_trials_as_run_directories_and_writes_results(tmp_path,
     # a second invocation resumes the study (load_if_exists) and adds nothing: it is complete
     again = work(_ctx(tmp_path, tiny_overrides, "tune.trials=3", "tune.seed=0"))
     assert len(again.trials) == 3
-    # ... and asking for more trials continues it
+    # ... and asking for more trials continues it, without replaying the seed's proposals
     more = work(_ctx(tmp_path, tiny_overrides, "tune.trials=4", "tune.seed=0"))
     assert len(more.trials) == 4
+    lrs = [t.params["optim.lr"] for t in more.trials]
+    assert len(set(lrs)) == 4
+
+
+def test_a_seeded_study_is_reproducible(tmp_path, tiny_overrides):
+    a = work(_ctx(tmp_path / "a", tiny_overrides, "tune.trials=2", "tune.seed=5"))
+    b = work(_ctx(tmp_path / "b", tiny_overrides, "tune.trials=2", "tune.seed=5"))
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
 
 
 def test_a_study_refuses_a_different_recipe_under_the_same_name(tmp_path, tiny_overrides):

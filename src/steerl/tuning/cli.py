@@ -91,6 +91,9 @@ def tune_run(
     workers: int = typer.Option(
         1, "--workers", "-j", min=1, help="Worker processes on this machine (same study)."
     ),
+    worker_index: int = typer.Option(
+        0, "--worker-index", min=0, hidden=True, help="Set by --workers for its processes."
+    ),
 ) -> None:
     """Run (or resume) a study: trials until tune.trials are finished, then the results.
 
@@ -123,7 +126,11 @@ def tune_run(
         )
         extra = _spawn_workers(recipe, ov, ctx, workers - 1)
         try:
-            done = work(ctx, on_trial=lambda t: console.print(_describe(t), highlight=False))
+            done = work(
+                ctx,
+                on_trial=lambda t: console.print(_describe(t), highlight=False),
+                worker=worker_index,
+            )
         finally:
             failed = [p.wait() for p in extra]
         if any(failed):
@@ -150,8 +157,14 @@ def _spawn_workers(recipe: str | None, overrides: list[str], ctx: Any, n: int) -
         "--study",
         ctx.study_name,
     ]
-    logs = [ctx.out_dir / f"worker-{i + 1}.log" for i in range(n)]
-    return [subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
+    return [
+        subprocess.Popen(
+            [*cmd, "--worker-index", str(i + 1)],
+            stdout=(ctx.out_dir / f"worker-{i + 1}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(n)
+    ]
 
 
 def _load(out: Path, storage: str | None, study: str | None) -> Any:

@@ -153,12 +153,13 @@ def _HAS_SET_CONSTRAINT() -> bool:  # noqa: N802 - reads as the constant it stan
     return hasattr(optuna.trial.Trial, "set_constraint")
 
 
-def make_sampler(tc: TuneConfig) -> Any:
+def make_sampler(tc: TuneConfig, seed_offset: int = 0) -> Any:
+    """The sampler; ``tune.seed`` shifted by ``seed_offset`` (see ``open_study``)."""
     import optuna
 
     opts = dict(tc.sampler_options)
     if tc.seed is not None:
-        opts.setdefault("seed", tc.seed)
+        opts.setdefault("seed", tc.seed + seed_offset)
     if tc.constraints and tc.sampler != "random" and not _HAS_SET_CONSTRAINT():
         opts.setdefault("constraints_func", _constraints)  # Optuna < 5: a sampler argument
     kinds = {
@@ -208,8 +209,13 @@ def fingerprint(ctx: TuneContext) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def open_study(ctx: TuneContext, storage: Any | None = None) -> Any:
-    """Create or load (``load_if_exists``) the study; refuse one made from another recipe."""
+def open_study(ctx: TuneContext, storage: Any | None = None, worker: int = 0) -> Any:
+    """Create or load (``load_if_exists``) the study; refuse one made from another recipe.
+
+    A seeded sampler is re-seeded with ``tune.seed + trials already in the study + 7919 *
+    worker``: a resumed study, or a second worker, does not replay the proposals that the
+    same seed already made (a fresh single-worker study stays reproducible).
+    """
     import optuna
 
     tc = ctx.tc
@@ -221,6 +227,8 @@ def open_study(ctx: TuneContext, storage: Any | None = None) -> Any:
         directions=tc.directions,
         load_if_exists=True,
     )
+    if tc.seed is not None:
+        study.sampler = make_sampler(tc, len(study.get_trials(deepcopy=False)) + 7919 * worker)
     if [d.name.lower() for d in study.directions] != tc.directions:
         raise TuneError(
             f"study {ctx.study_name!r} in {ctx.storage} optimises "
@@ -355,12 +363,15 @@ def work(
     ctx: TuneContext,
     on_trial: Callable[[Any], None] | None = None,
     max_trials: int | None = None,
+    worker: int = 0,
 ) -> Any:
-    """One worker: run trials until the study is complete (or ``max_trials`` of our own)."""
+    """One worker: run trials until the study is complete (or ``max_trials`` of our own).
+
+    ``worker`` numbers the processes of one ``--workers N`` invocation (seed offsets)."""
     import optuna
 
     storage = make_storage(ctx)
-    study = open_study(ctx, storage)
+    study = open_study(ctx, storage, worker)
     errors: list[str] = []
     ran = 0
 
