@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import random
 import shutil
 import time
 import warnings
@@ -212,9 +213,10 @@ def fingerprint(ctx: TuneContext) -> str:
 def open_study(ctx: TuneContext, storage: Any | None = None, worker: int = 0) -> Any:
     """Create or load (``load_if_exists``) the study; refuse one made from another recipe.
 
-    A seeded sampler is re-seeded with ``tune.seed + trials already in the study + 7919 *
-    worker``: a resumed study, or a second worker, does not replay the proposals that the
-    same seed already made (a fresh single-worker study stays reproducible).
+    A seeded sampler is re-seeded from ``(tune.seed, trials already in the study, worker)``:
+    a resumed study, or a second worker, does not replay the proposals that the same seed
+    already made, and seeds 0 and 1 do not share a stream (a fresh single-worker study stays
+    reproducible).
     """
     import optuna
 
@@ -228,7 +230,10 @@ def open_study(ctx: TuneContext, storage: Any | None = None, worker: int = 0) ->
         load_if_exists=True,
     )
     if tc.seed is not None:
-        study.sampler = make_sampler(tc, len(study.get_trials(deepcopy=False)) + 7919 * worker)
+        n = len(study.get_trials(deepcopy=False))
+        if n or worker:  # deterministic, and unrelated to the streams of other seeds
+            mixed = random.Random(f"{tc.seed}/{n}/{worker}").randrange(2**31) - tc.seed
+            study.sampler = make_sampler(tc, mixed)
     if [d.name.lower() for d in study.directions] != tc.directions:
         raise TuneError(
             f"study {ctx.study_name!r} in {ctx.storage} optimises "
