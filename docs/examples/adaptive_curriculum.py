@@ -43,15 +43,15 @@ def group_advantages(r: torch.Tensor) -> torch.Tensor:
 
 
 shares: dict[str, np.ndarray] = {}
-print(f"{'selector':15s} informative  level share (1, 2, 3), last 20 steps  state")
+print(f"{'selector':17s} informative  level share (1, 2, 3), last 20 steps  state")
 arms = {
     "uniform": {},
     "competence": {},  # band [0.2, 0.8] of the posterior pass rate
     "adarft": {},  # target difficulty from 0, moved by the batch mean reward
     "learnability": {},  # weight p(1 - p)
     "bandit": {},  # softmax over levels on learning progress
-    "prioritized": {},  # PLR defaults: rank temperature 0.1
-    "prioritized T=1": {"prioritized": {"temperature": 1.0}},
+    "prioritized": {},  # rank temperature 1: weight 1 / rank
+    "prioritized T=0.1": {"prioritized": {"temperature": 0.1}},  # PLR's value
 }
 for label, extra in arms.items():
     name = label.split()[0]
@@ -73,7 +73,7 @@ for label, extra in arms.items():
         if k.endswith(("target_difficulty", "in_band", "/prob", "replay_share"))
     }
     print(
-        f"{label:15s} {np.mean(informative[20:]):11.2f}  "
+        f"{label:17s} {np.mean(informative[20:]):11.2f}  "
         + "  ".join(f"{x:.2f}" for x in share[20:].mean(0))
         + f"  {state}"
     )

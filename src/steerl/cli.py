@@ -284,11 +284,18 @@ def curriculum_profile(
     chunk: int = typer.Option(32, "--chunk", min=1, help="Prompts per generation batch."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Profile the first N prompts."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    allow_untrained: bool = typer.Option(
+        False,
+        "--allow-untrained",
+        help="Without --run, profile the built-in tiny model anyway (random weights).",
+    ),
 ) -> None:
     """Write each training prompt's difficulty (1 - pass rate over k samples) to a JSONL file.
 
     Resumable: ids already in --out are skipped. Train on it with
-    curriculum.difficulty_file=FILE (e.g. curriculum.name=pacing).
+    curriculum.difficulty_file=FILE (e.g. curriculum.name=pacing). Without --run the
+    recipe's model is profiled as loaded, before any warm-up: the built-in tiny model is
+    refused (random weights) unless --allow-untrained.
     """
     with _user_errors():
         if recipe is not None and "=" in recipe and not Path(recipe).is_file():
@@ -302,7 +309,11 @@ def curriculum_profile(
 
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        from steerl.curriculum.profile import profile_difficulty
+        from steerl.curriculum.profile import profile_difficulty, untrained_warning
+
+        note = untrained_warning(cfg, run)
+        if note:
+            Console(stderr=True).print(f"[yellow]warning:[/] {note}", highlight=False)
 
         bar = Progress(
             "[bold]profiling",
@@ -319,7 +330,14 @@ def curriculum_profile(
                 bar.update(task, completed=done, total=total)
 
             res = profile_difficulty(
-                cfg, out, k=k, run_dir=run, chunk=chunk, limit=limit, on_progress=advance
+                cfg,
+                out,
+                k=k,
+                run_dir=run,
+                chunk=chunk,
+                limit=limit,
+                on_progress=advance,
+                allow_untrained=allow_untrained,
             )
     console = Console()
     rate = res["mean_pass_rate"]
@@ -467,4 +485,3 @@ app.add_typer(tune_app, name="tune")
 
 def main() -> None:
     app(prog_name="steerl")
-

@@ -802,7 +802,7 @@ class PrioritizedConfig(Section):
     """curriculum.name=prioritized: prioritized level replay (Jiang et al. 2021)."""
 
     score: Literal["advantage", "fail_rate"] = "advantage"  # mean |A| or 1 - pass rate
-    temperature: float = Field(0.1, gt=0)  # rank prioritisation h = (1 / rank)^(1 / T)
+    temperature: float = Field(1.0, gt=0)  # h = (1 / rank)^(1 / T); PLR used 0.1 (one draw)
     staleness: float = Field(0.1, ge=0, le=1)  # rho: share of the staleness distribution
     replay_prob: float = Field(0.5, ge=0, le=1)  # share of each batch replayed from seen ones
 
@@ -810,6 +810,7 @@ class PrioritizedConfig(Section):
 class CurriculumConfig(Section):
     name: str = "uniform"  # selector: uniform, pacing, competence, adarft, learnability, ...
     levels: list[int] | None = None  # restrict RL prompts to these levels; null: all
+    levels_from_difficulty: int = Field(4, ge=0)  # non-integer difficulty: N quantile levels
     difficulty_file: str | None = None  # JSONL of {id, difficulty} (steerl curriculum profile)
     difficulty_fn: str | None = None  # "module:function" mapping a Prompt to a float
     missing_difficulty: Literal["error", "mean"] = "error"  # prompts without one: stop / mean
@@ -937,9 +938,10 @@ class ObjectivesConfig(Section):
     aggregate_params: str | None = None  # last_blocks:N | lora | hidden_state | regex:<pat>
     #   null: last_blocks:1 (gradnorm, aggregators), hidden_state (mgda_ub)
     backend: Literal["auto", "builtin", "torchjd"] = "auto"  # torchjd: pip install steerl[mo]
-    jacobian: Literal["auto", "autograd"] = "auto"  # per-term gradients (aggregators, gradnorm)
-    #   auto: through the LM head once per token tensor when exact (objectives/factored.py);
-    #   autograd: one backward per term through the head (the slow reference)
+    jacobian: Literal["auto", "autograd"] = "auto"  # auto: one LM-head backward for all terms
+    #   per-term gradients of the aggregators and gradnorm: auto factorises them through the
+    #   tapped log-probs when exact (objectives/factored.py), else one backward per term;
+    #   autograd: always one backward per term through the LM head (the slow reference)
     uncertainty: UncertaintyConfig = UncertaintyConfig()
     dwa: DWAConfig = DWAConfig()
     gradnorm: GradNormConfig = GradNormConfig()

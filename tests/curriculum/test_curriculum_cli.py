@@ -78,7 +78,13 @@ def test_profile_writes_resumes_and_feeds_a_pacing_run(tmp_path):
 
 def test_profile_of_a_recipe_and_user_errors(tmp_path):
     out = tmp_path / "d.jsonl"
-    res = invoke("curriculum", "profile", "default", *SMALL, "--k", 2, "--out", out, "--limit", 3)
+    args = ("curriculum", "profile", "default", *SMALL, "--k", 2, "--out", out, "--limit", 3)
+    # the built-in tiny model without --run is a random network: refused unless asked for
+    res = invoke(*args)
+    assert res.exit_code == 2 and not out.exists()
+    assert "randomly initialised" in res.stderr and "--allow-untrained" in res.stderr
+    assert "--run" in res.stderr
+    res = invoke(*args, "--allow-untrained")
     assert res.exit_code == 0, res.output
     assert len(rows(out)) == 3 and "curriculum.difficulty_file=" in res.stdout
     res = invoke("curriculum", "profile", "--run", tmp_path, "--out", out)
@@ -86,3 +92,15 @@ def test_profile_of_a_recipe_and_user_errors(tmp_path):
     res = invoke("curriculum", "profile", "default", "curriculum.pacing.fn=cubic", "--out", out)
     assert res.exit_code == 2 and "curriculum.pacing.fn" in res.stderr
     assert invoke("curriculum", "profile", "default").exit_code != 0  # --out is required
+
+
+def test_profile_warns_when_a_pretrained_model_skips_the_warm_up():
+    from steerl.config import load_config
+    from steerl.curriculum.profile import untrained_warning
+
+    cfg = load_config("default", ["model.name=some/hub-model", "warmup.steps=100"])
+    note = untrained_warning(cfg, None)
+    assert note and "warmup.steps=100" in note and "--run" in note
+    assert untrained_warning(cfg, "runs/x") is None  # a trained run
+    no_sft = load_config("default", ["model.name=some/hub-model", "warmup.steps=0"])
+    assert untrained_warning(no_sft, None) is None

@@ -151,9 +151,62 @@ def test_prioritized_replays_high_advantage_prompts_and_new_ones():
         counts.update(
             "top" if p.id in seen_l3 else "seen" if p.id in seen else "new" for p in batch
         )
-    # half replayed (temperature 0.1: the top-ranked ones), half new
+    # half replayed (the top-ranked ones: 10 prompts against 20 others), half new
     assert 0.35 < counts["new"] / 200 < 0.65
-    assert counts["top"] > 5 * counts["seen"]
+    assert counts["top"] / 10 > 3 * counts["seen"] / 20
+
+
+def scripted_prioritized(**prioritized):
+    """Every prompt seen once at step 0, mean |A| distinct: prompt j has rank ``rank[j]``."""
+    cur = make("prioritized", prioritized={"replay_prob": 1.0, **prioritized})
+    n = len(cur.prompts)
+    score = torch.randperm(n, generator=torch.Generator().manual_seed(0)).double() + 1
+    ids = [p.id for p in cur.prompts]
+    cur.update(ids, torch.zeros(n, G), 0, advantages=score[:, None].expand(n, G))
+    rank = (-score).argsort().argsort() + 1  # 1 = highest |A|
+    return cur, rank
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5, 1.0, 2.0])
+def test_prioritized_score_term_is_rank_to_the_one_over_temperature(temperature):
+    # PLR (Jiang et al. 2021): P_S(j) = h_j^(1/T) / sum_i h_i^(1/T), h_j = 1 / rank_j
+    cur, rank = scripted_prioritized(staleness=0.0, temperature=temperature)
+    w = torch.as_tensor(cur.replay_weights(1))
+    expected = (1.0 / rank.double()) ** (1.0 / temperature)
+    torch.testing.assert_close(w, expected / expected.sum())
+
+
+def test_prioritized_single_draws_follow_the_rule_at_the_defaults():
+    cur, rank = scripted_prioritized()  # temperature 1, staleness 0.1, all equally stale
+    n = len(rank)
+    h = 1.0 / torch.arange(1, n + 1).double()
+    p = 0.9 * h / h.sum() + 0.1 / n  # by rank
+    draws = Counter(int(rank[cur.prompts.index(cur.sample(1, 1 + t)[0])]) for t in range(3000))
+    for r in (1, 2, 3):
+        assert abs(draws[r] / 3000 - float(p[r - 1])) < 0.03
+    tail = sum(v for r, v in draws.items() if r > 10) / 3000
+    assert abs(tail - float(p[10:].sum())) < 0.04
+
+
+def test_prioritized_batches_prefer_high_ranks_beyond_the_first():
+    """Within a batch drawn without repeats the score still orders the prompts: at the old
+    default temperature 0.1 rank 1 took ~all of the score term and the rest of a batch
+    followed staleness (here uniform), so rank 2 was drawn barely more than the median."""
+    counts = {}
+    for temperature in (0.1, 1.0):
+        cur, rank = scripted_prioritized(temperature=temperature)
+        hits = Counter()
+        for t in range(300):
+            hits.update(int(rank[cur.prompts.index(q)]) for q in cur.sample(8, 1 + t))
+        counts[temperature] = hits
+    default = CurriculumConfig().prioritized.temperature
+    assert default == 1.0
+    hits, mid = counts[default], len(rank) // 2
+    assert hits[1] >= hits[2] >= 2 * hits[mid]  # rank 2 far above the median rank
+    top8 = sum(hits[r] for r in range(1, 9)) / 300
+    assert top8 > 3.0  # of 8 per batch (uniform: 8 * 8 / 60, about 1.1)
+    old = counts[0.1]
+    assert old[1] == 300 and old[2] < 2 * old[mid]  # the behaviour the default change fixes
 
 
 def test_prioritized_staleness_brings_back_old_prompts():

@@ -101,7 +101,7 @@ def test_hidden_state_mgda_ub_on_the_tiny_llm(tiny_policy):
     with torch.no_grad():  # outside a step nothing is captured (warm-up, eval, generation)
         model(input_ids=ids)
     model(input_ids=ids)
-    assert bal._captured == []
+    assert bal.terms_jacobian._captured == []
     bal.begin_step(0)
     for _ in range(2):
         logits = model(input_ids=ids).logits

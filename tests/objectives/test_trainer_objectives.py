@@ -69,3 +69,31 @@ def test_aggregated_and_plain_parameters_are_logged(tiny_config, tmp_path):
     Trainer(cfg, tmp_path).train()
     text = (tmp_path / "balancer.json").read_text()
     assert "layers.1" in text  # the last block of the 2-layer tiny model is aggregated
+
+
+def test_per_term_gradients_through_the_head_in_one_pass(
+    tiny_config, tmp_path, caplog, monkeypatch
+):
+    """With terms computed from the log-probs only (policy + DPO), an aggregator takes the
+    factorised path in the trainer; an SFT term (its own forward) falls back, with a warning."""
+    from steerl.objectives.factored import TermJacobian
+
+    paths = []
+    original = TermJacobian.head_grads
+
+    def spy(self, *a, **kw):
+        out = original(self, *a, **kw)
+        paths.append(self.last_path)
+        return out
+
+    monkeypatch.setattr(TermJacobian, "head_grads", spy)
+    dpo = "loss.aux=[{name: dpo, coef: 0.1}]"
+    cfg = tiny_config(*TWO_REWARDS, dpo, "objectives.balancer=upgrad")
+    assert Trainer(cfg, tmp_path / "dpo").train()["completed"]
+    assert paths and set(paths) == {"factored"}
+    paths.clear()
+    cfg = tiny_config(*TWO_REWARDS, *TWO_TERMS, "objectives.balancer=upgrad")
+    with caplog.at_level("WARNING", logger="steerl.objectives"):
+        assert Trainer(cfg, tmp_path / "sft").train()["completed"]
+    assert paths and all(p.startswith("autograd: a term depends") for p in paths)
+    assert "one backward per term" in caplog.text

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from steerl.cli import app
 from steerl.config import ConfigError, load_config
 from steerl.pareto import non_dominated
-from steerl.pareto.sweep import angles, parse_weights
+from steerl.pareto.sweep import angles, parse_weights, ray_cosines, summarise, write_ray_to_runs
 
 # a 2-reward sweep of the tiny model: warm-up off, so greedy completions are non-empty
 SWEEP = [*TINY_RUN, "warmup.steps=0", "train.steps=2"]
@@ -93,6 +93,49 @@ def test_angles_are_zero_on_the_targeted_ray():
     pts = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
     prefs = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
     assert angles(pts, prefs, non_dominated(pts)) == [0.0, 0.0, 0.0]
+
+
+def test_ray_cosine_off_the_ray():
+    pts = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    prefs = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    mask = np.array([True, True, False])  # normalise by the first two: [0, 1] each
+    cos = ray_cosines(pts, prefs, mask)
+    assert cos[0] == pytest.approx(0.0) and cos[1] == pytest.approx(0.0)
+    assert cos[2] == pytest.approx(2**-0.5)
+    assert angles(pts, prefs, mask) == [90.0, 90.0, 45.0]
+
+
+def test_ray_closeness_reaches_pareto_json_and_run_summaries(tmp_path):
+    rows = []
+    for i, (pref, obj) in enumerate([([1.0, 0.0], (1.0, 0.0)), ([0.5, 0.5], (0.2, 0.9))]):
+        run = tmp_path / f"p{i}"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"completed": True}))
+        rows.append(
+            {"preference": pref, "objectives": {"a": obj[0], "b": obj[1]}, "run_dir": str(run)}
+        )
+    result = summarise(["a", "b"], rows, None)
+    assert result["ray"]["front_min"] == [0.2, 0.0] and result["ray"]["front_max"] == [1.0, 0.9]
+    assert rows[0]["ray_cosine"] == pytest.approx(1.0)
+    assert rows[1]["ray_cosine"] == pytest.approx(2**-0.5)  # normalised (0, 1) vs (0.5, 0.5)
+    assert result["ray"]["max_angle_deg"] == pytest.approx(45.0)
+    write_ray_to_runs(result)
+    summary = json.loads((tmp_path / "p1" / "summary.json").read_text())
+    assert summary["completed"] and summary["pareto/ray_angle_deg"] == pytest.approx(45.0)
+    assert summary["pareto/ray_cosine"] == rows[1]["ray_cosine"]
+    assert summary["pareto/preference"] == [0.5, 0.5]
+
+
+def test_sweep_writes_ray_closeness_into_each_run(swept):
+    out, _ = swept
+    data = json.loads((out / "pareto.json").read_text())
+    assert set(data["ray"]) >= {"mean_angle_deg", "max_angle_deg", "front_min", "front_max"}
+    for p in data["points"]:
+        summary = json.loads((Path(p["run_dir"]) / "summary.json").read_text())
+        assert summary["pareto/ray_cosine"] == p["ray_cosine"]
+        assert summary["pareto/ray_angle_deg"] == p["angle_deg"]
+    rows = list(csv.DictReader((out / "pareto.csv").open()))
+    assert "ray_cosine" in rows[0]
 
 
 def test_soup_endpoints_reproduce_the_checkpoints(swept, tmp_path):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from steerl.config import CURRICULUM_NAMES, CurriculumConfig
+from steerl.curriculum.difficulty import prompt_levels
 from steerl.curriculum.stats import PromptStats
 from steerl.registry import Registry
 from steerl.tasks.base import Prompt
@@ -62,7 +63,8 @@ class Curriculum:
             difficulty = np.array([p.difficulty for p in self.prompts], dtype=np.float64)
         self.difficulty = difficulty
         self.gen = np.random.Generator(np.random.PCG64(seed))
-        self.stats = PromptStats(self.prompts, self.cfg.stats)
+        level = prompt_levels(self.prompts, difficulty, self.cfg.levels_from_difficulty)
+        self.stats = PromptStats(self.prompts, self.cfg.stats, levels=level)
         levels = sorted(set(self.stats.level.tolist()))
         self.levels = levels if len(levels) <= MAX_LOGGED_LEVELS else []
         self.fallbacks = 0  # steps on which the selector left no prompt eligible

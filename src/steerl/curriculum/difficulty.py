@@ -10,6 +10,10 @@ Three sources, one per run (``curriculum.*``):
 
 Prompts left without a difficulty stop the run (``missing_difficulty: error``, naming how
 many and an example id) or get the mean of the others (``mean``, logged).
+
+:func:`prompt_levels` derives the prompts' *levels* (what per-level metrics and the bandit
+group by): whole-number difficulties as they are, other difficulties cut into
+``curriculum.levels_from_difficulty`` quantile bins.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def read_difficulty_file(path: str | Path) -> dict[str, float]:
     if not p.is_file():
         raise ConfigError(
             f"curriculum.difficulty_file: {str(p)!r} does not exist (write one with "
-            "`steerl curriculum profile RECIPE --out FILE`)"
+            "`steerl curriculum profile --run RUN_DIR --out FILE`)"
         )
     out: dict[str, float] = {}
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
@@ -165,6 +169,53 @@ def resolve_difficulty(prompts: Sequence[Prompt], cfg: CurriculumConfig) -> np.n
         logger.warning("%s; they get the mean difficulty %.4g (missing_difficulty=mean)", msg, fill)
         values = [fill if v is None else v for v in values]
     return np.asarray(values, dtype=np.float64)
+
+
+def prompt_levels(
+    prompts: Sequence[Prompt], difficulty: np.ndarray | None = None, bins: int = 4
+) -> np.ndarray:
+    """(N,) int level of each prompt: what per-level metrics, the report's heat map, the
+    statistics' ``prior_from: level`` and the bandit's ``arms: level`` group by.
+
+    The values are the data's difficulties (``task.fields.difficulty``, the synthetic task's
+    level) where the data gives any, else the run's ``difficulty`` (``difficulty_file`` /
+    ``difficulty_fn``). Whole numbers are the levels themselves. Otherwise (e.g. pass rates in
+    [0, 1]) they are cut into ``bins`` quantile bins (``curriculum.levels_from_difficulty``),
+    numbered 0 (easiest) upward without gaps; equal difficulties share a level, so heavy ties
+    give fewer levels. A prompt without a difficulty is level 0; ``bins=0``: the integer part
+    of the data's difficulty, as :attr:`Prompt.level`.
+    """
+    own = np.array([p.level for p in prompts], dtype=np.int64)
+    if bins == 0:
+        return own
+    if any(p.has_difficulty for p in prompts):
+        values = np.array(
+            [p.difficulty if p.has_difficulty else np.nan for p in prompts], dtype=np.float64
+        )
+    elif difficulty is not None:
+        values = np.asarray(difficulty, dtype=np.float64)
+    else:
+        return own  # no difficulty anywhere: every prompt is level 0
+    known = ~np.isnan(values)
+    out = np.zeros(len(values), dtype=np.int64)
+    if np.all(values[known] == np.floor(values[known])):
+        out[known] = values[known].astype(np.int64)
+        return out
+    out[known] = quantile_levels(values[known], bins)
+    return out
+
+
+def quantile_levels(d: np.ndarray, bins: int) -> np.ndarray:
+    """(N,) levels 0..M-1 (M <= ``bins``) of ``d`` cut at its quantiles k / bins.
+
+    A value equal to a cut point goes to the lower bin, so equal values share a level; empty
+    bins are skipped, so the levels have no gaps.
+    """
+    if bins < 1:
+        raise ValueError(f"curriculum.levels_from_difficulty={bins}: must be at least 1 here")
+    edges = np.quantile(d, np.arange(1, bins) / bins)
+    raw = np.searchsorted(edges, d, side="left")
+    return np.unique(raw, return_inverse=True)[1].astype(np.int64).reshape(-1)
 
 
 def normalise(d: np.ndarray) -> np.ndarray:

@@ -1,13 +1,16 @@
 """DAPO dynamic sampling: groups whose rewards do not vary carry no gradient signal.
 
 :func:`sample_groups` runs the first three stages of an RL step (curriculum -> rollout ->
-rewards) in rounds: it drops the groups whose reward std is at most
-``curriculum.zero_variance_tol`` and, up to ``curriculum.max_refill_rounds`` times, samples
+rewards) in rounds: it drops the groups whose training signal does not vary (std at most
+``curriculum.zero_variance_tol``) and, up to ``curriculum.max_refill_rounds`` times, samples
 further prompts and generates again until ``batch_size`` groups carry signal (Yu et al. 2025,
-DAPO, "dynamic sampling"). Extra informative groups beyond ``batch_size`` are not trained on.
-Only when the cap is hit can the batch be smaller than requested; that is logged
-(``curriculum/short_batch``, ``curriculum/missing_groups``) and, with refill on, said once in
-a :class:`CurriculumWarning`.
+DAPO, "dynamic sampling"). The training signal is what the advantages are computed from: the
+reward scalarised by ``objectives.combine`` with ``objectives.preference`` (when set) as the
+weights, or for ``combine: gdpo``, which normalises each reward in its group, every used
+reward column (a group is dropped only when all of them are constant). Extra informative
+groups beyond ``batch_size`` are not trained on. Only when the cap is hit can the batch be
+smaller than requested; that is logged (``curriculum/short_batch``,
+``curriculum/missing_groups``) and, with refill on, said once in a :class:`CurriculumWarning`.
 
 A refill round asks for ``ceil(missing / keep_rate)`` prompts (the keep rate of the rounds so
 far), at most ``batch_size``: a cheap round when most groups are informative, a full one when
@@ -44,11 +47,17 @@ SHORT_BATCH_WARNING = (
 
 
 def informative_groups(rewards: torch.Tensor, group_size: int, tol: float) -> torch.Tensor:
-    """(B*G,) rewards -> (B,) bool: true where the group's reward std exceeds ``tol``.
+    """(B*G,) or (B*G, C) training signal -> (B,) bool: true where the group's std exceeds
+    ``tol`` in some column (NaN: unscored, left out).
 
     A tolerance, not ``!= 0``, so float noise does not let a constant group through.
     """
-    return group_std(rewards, group_size) > tol
+    if rewards.dim() == 1:
+        return group_std(rewards, group_size) > tol
+    if rewards.shape[1] == 0:  # nothing is used: no group carries signal
+        return torch.zeros(rewards.shape[0] // group_size, dtype=torch.bool)
+    cols = [group_std(c.contiguous(), group_size) > tol for c in rewards.unbind(-1)]
+    return torch.stack(cols, -1).any(-1)
 
 
 @dataclass
@@ -95,14 +104,31 @@ def sample_groups(
     group_size: int,
     cfg: CurriculumConfig,
     pad_token_id: int = 0,
+    signal: Callable[[RewardResult], torch.Tensor] | None = None,
 ) -> SampledGroups:
     """Sample, generate and score groups until ``batch_size`` are informative or the cap.
 
     ``sample(n)``: n prompts from the curriculum; ``generate(prompts)``: their G completions
     each (a Rollout of n*G rows and the decoded texts); ``score(prompts, completions)``: the
-    combined reward (n*G,) and every reward's scores. With ``cfg.drop_zero_variance`` off, one
+    combined reward (n*G,) and every reward's scores. ``signal(scored)``: every reward's scores
+    (N, K) over the rows sampled so far in the step -> what the advantages are computed from,
+    (N,) or (N, C) (the trainer's :meth:`~steerl.objectives.scalarize.Combiner.signal`: the
+    ``objectives.combine`` / ``preference`` scalarisation, or GDPO's reward columns); a group
+    is informative where some column varies within it. Judged over the whole step, so a
+    batch-dependent combination (Tchebycheff's dynamic ideal point) sees what training sees.
+    Default: the combined reward from ``score``. With ``cfg.drop_zero_variance`` off, one
     round and every group kept.
     """
+
+    def informative(parts: list) -> torch.Tensor:
+        if signal is None:
+            x = torch.cat([r[3] for r in parts])
+        else:
+            first = parts[0][4]
+            scores = torch.cat([r[4].scores for r in parts])
+            x = signal(RewardResult(scores, first.names, first.weights, {}))
+        return informative_groups(x, group_size, cfg.zero_variance_tol)
+
     rounds: list[tuple[list[Prompt], Rollout, list[str], torch.Tensor, RewardResult]] = []
     t_gen = 0.0
     kept = 0
@@ -118,7 +144,7 @@ def sample_groups(
         n_groups += len(prompts)
         if not cfg.drop_zero_variance:
             break
-        kept += int(informative_groups(reward, group_size, cfg.zero_variance_tol).sum())
+        kept = int(informative(rounds).sum())
         if kept >= batch_size or len(rounds) > cfg.max_refill_rounds:
             break
         rate = kept / n_groups
@@ -127,16 +153,16 @@ def sample_groups(
     prompts = [p for r in rounds for p in r[0]]
     reward = torch.cat([r[3] for r in rounds])
     if cfg.drop_zero_variance:
-        informative = informative_groups(reward, group_size, cfg.zero_variance_tol)
-        keep = informative & (informative.cumsum(0) <= batch_size)  # the first batch_size
+        useful = informative(rounds)
+        keep = useful & (useful.cumsum(0) <= batch_size)  # the first batch_size
     else:
-        informative = keep = torch.ones(len(prompts), dtype=torch.bool)
+        useful = keep = torch.ones(len(prompts), dtype=torch.bool)
     n_keep = int(keep.sum())
     cap_hit = n_keep < batch_size
     if cap_hit and cfg.max_refill_rounds:
         warnings.warn(SHORT_BATCH_WARNING, CurriculumWarning, stacklevel=3)
     metrics = {
-        "curriculum/filtered_fraction": 1.0 - float(informative.float().mean()),
+        "curriculum/filtered_fraction": 1.0 - float(useful.float().mean()),
         "curriculum/refill_rounds": float(len(rounds) - 1),
         "curriculum/sampled_groups": float(len(prompts)),
         "curriculum/kept_groups": float(n_keep),

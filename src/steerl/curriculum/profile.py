@@ -7,6 +7,13 @@ difficulty is ``1 - pass rate``. Rows ``{"id", "difficulty", "pass_rate", "k"}``
 to a JSONL file that ``curriculum.difficulty_file`` loads. The file is flushed after every
 chunk, and a rerun skips the ids already in it, so a killed profile resumes where it stopped.
 A prompt none of whose completions could be scored gets no row (counted as unscored).
+
+Without ``run_dir`` the policy is the recipe's model as loaded, before any SFT warm-up.
+For the built-in ``tiny`` model that is a randomly initialised network: its pass rates are
+noise around 0, every difficulty about 1, which silently flattens any curriculum built on
+the file. That stops with an error unless ``allow_untrained`` (``--allow-untrained``); a
+pretrained model whose recipe has a warm-up (``warmup.steps`` > 0) is profiled with a
+warning from :func:`untrained_warning`, since profiling a base model before RL is a real use.
 """
 
 from __future__ import annotations
@@ -19,6 +26,25 @@ from steerl.config import Config, ConfigError, RewardSpec
 from steerl.curriculum.difficulty import append_rows, done_ids
 from steerl.tasks.base import Prompt
 
+UNTRAINED_ERROR = (
+    "steerl curriculum profile without --run samples model.name={name!r} as loaded, and the "
+    "built-in tiny model is a randomly initialised network: it solves nothing, so every "
+    "difficulty would be about 1. Profile a trained run (--run RUN_DIR, e.g. one trained "
+    "with warmup.steps > 0 and train.steps=0), or pass --allow-untrained to profile the "
+    "untrained model anyway"
+)
+
+
+def untrained_warning(cfg: Config, run_dir: str | Path | None) -> str | None:
+    """A warning when a pretrained model is profiled before the recipe's SFT warm-up."""
+    if run_dir is not None or cfg.model.name == "tiny" or not cfg.warmup.steps:
+        return None
+    return (
+        f"profiling model.name={cfg.model.name!r} as loaded: the recipe's SFT warm-up "
+        f"(warmup.steps={cfg.warmup.steps}) has not run, so these are the base model's pass "
+        "rates; pass --run RUN_DIR to profile a trained policy"
+    )
+
 
 def profile_difficulty(
     cfg: Config,
@@ -28,11 +54,13 @@ def profile_difficulty(
     chunk: int = 32,
     limit: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    allow_untrained: bool = False,
 ) -> dict[str, Any]:
     """Profile the training prompts into ``out``; returns counts and the mean pass rate.
 
     ``run_dir``: sample with the newest checkpoint of that run instead of the recipe's model.
     ``on_progress(done, total)`` is called after every chunk (and once at the start).
+    Without ``run_dir``, the built-in tiny model (random weights) needs ``allow_untrained``.
     """
     import torch
 
@@ -44,6 +72,8 @@ def profile_difficulty(
 
     if k < 1:
         raise ConfigError(f"--k must be at least 1, got {k}")
+    if run_dir is None and cfg.model.name == "tiny" and not allow_untrained:
+        raise ConfigError(UNTRAINED_ERROR.format(name=cfg.model.name))
     torch.set_num_threads(cfg.train.threads or min(4, torch.get_num_threads()))
     torch.manual_seed(cfg.train.seed)
     prompts = build_task(cfg).train

@@ -24,7 +24,9 @@ prioritized   prioritized level replay (Jiang et al. 2021): with probability ``r
               a seen prompt, drawn from (1 - rho) P_score + rho P_staleness where P_score is
               rank-based ((1 / rank)^(1 / temperature)) on mean |advantage| or 1 - pass rate
               and P_staleness proportional to steps since the last visit; otherwise an unseen
-              prompt, uniformly.
+              prompt, uniformly. Temperature 1 by default: PLR's 0.1 suits one draw at a
+              time with repeats, but a batch drawn without repeats then gets rank 1 from the
+              score term and the rest from staleness (about uniform).
 """
 
 from __future__ import annotations
@@ -153,7 +155,10 @@ class BanditCurriculum(Curriculum):
     ):
         super().__init__(prompts, seed, cfg, difficulty, total_steps)
         b = self.cfg.bandit
-        keys = [str(p.level) if b.arms == "level" else p.category for p in self.prompts]
+        if b.arms == "level":
+            keys = [str(lv) for lv in self.stats.level.tolist()]
+        else:
+            keys = [p.category for p in self.prompts]
         self.arms = sorted(set(keys), key=_arm_sort)
         pos = {a: i for i, a in enumerate(self.arms)}
         self.arm_of = np.array([pos[k] for k in keys], dtype=np.int64)

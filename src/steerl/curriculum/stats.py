@@ -37,7 +37,12 @@ logger = logging.getLogger("steerl.curriculum")
 class PromptStats:
     """Pass-rate EMA, Beta posterior, sample count, last visit and mean |A| per prompt."""
 
-    def __init__(self, prompts: Sequence[Prompt], cfg: CurriculumStatsConfig | None = None):
+    def __init__(
+        self,
+        prompts: Sequence[Prompt],
+        cfg: CurriculumStatsConfig | None = None,
+        levels: np.ndarray | None = None,
+    ):
         self.cfg = cfg or CurriculumStatsConfig()
         n = len(prompts)
         self.ids = [p.id for p in prompts]
@@ -51,7 +56,10 @@ class PromptStats:
                 "of statistics per id (the first prompt with it)",
                 dup,
             )
-        self.level = np.array([p.level for p in prompts], dtype=np.int64)
+        # levels: (N,) from the curriculum (steerl.curriculum.difficulty.prompt_levels)
+        if levels is None:
+            levels = np.array([p.level for p in prompts], dtype=np.int64)
+        self.level = np.asarray(levels, dtype=np.int64)
         a0, b0 = self.cfg.prior
         self.ema = np.full(n, np.nan)
         self.alpha = np.full(n, float(a0))

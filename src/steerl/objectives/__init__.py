@@ -49,6 +49,7 @@ Trainer wiring (``steerl/trainer.py``; config keys in ``ObjectivesConfig``)
        self.balancer.begin_step(step)                        # NEW
        for idx in plan:
            ...
+           self.balancer.tap(lp, ent)                        # per-token tensors (below)
            weights = self.balancer.combine(terms, self.model.parameters())   # unchanged
            ...
        weights = self.balancer.end_step()                    # NEW: before stability.clip
@@ -66,10 +67,13 @@ Trainer wiring (``steerl/trainer.py``; config keys in ``ObjectivesConfig``)
    set; ``end_step`` aggregates it and writes the restricted ``.grad``. So clipping, the
    non-finite check and ``optimizer.step()`` must come after ``end_step`` (they do, if the
    call sits right before ``stability.clip``). Nothing else in the backward changes.
-   ``mgda_ub`` / ``aggregate_params=hidden_state`` capture the LM head's input with a forward
-   pre-hook registered by ``bind(model)`` (only between ``begin_step`` and ``end_step``, with
-   grad enabled), so the trainer passes nothing extra. Cost of a gradient-level balancer per
-   micro-batch: K extra ``autograd.grad`` calls that stop at the restricted set (cheap for
+   The final hidden state (the decoder's output, which the LM head reads) is captured by a
+   forward hook registered by ``bind(model)`` (only between ``begin_step`` and ``end_step``,
+   with grad enabled). ``tap(lp, ent)`` hands over the per-token tensors the terms are
+   computed from; with them (``objectives.jacobian=auto``) the K per-term gradients cross the
+   LM head in one backward per tapped tensor (``factored.py``: exact, checked on the graph)
+   instead of one per term. Cost of a gradient-level balancer per micro-batch: that head
+   backward plus K backwards from the hidden state into the restricted set (cheap for
    ``last_blocks:1``), plus K x |restricted| float32 accumulated over the step. The weights
    ``combine`` returns are the plain-sum weights; log the ones ``end_step`` returns (the
    aggregator's, on the restricted set).
@@ -169,7 +173,10 @@ def build_balancer(
     elif name == "gradnorm":
         g = cfg.gradnorm
         spec = cfg.aggregate_params or "last_blocks:1"
-        bal = GradNormBalancer(alpha=g.alpha, lr=g.lr, aggregate_params=spec, **common, **adaptive)
+        bal = GradNormBalancer(
+            alpha=g.alpha, lr=g.lr, aggregate_params=spec, jacobian=cfg.jacobian,
+            **common, **adaptive,
+        )  # fmt: skip
     elif name == "famo":
         f = cfg.famo
         bal = FAMOBalancer(lr=f.lr, weight_decay=f.weight_decay, **common, **adaptive)
@@ -183,7 +190,9 @@ def build_balancer(
             kw = {"c": cfg.cagrad.c}
         elif name == "nash_mtl":
             kw = {"iterations": cfg.nash_mtl.iterations}
-        bal = make_aggregator(name, cfg.aggregate_params, cfg.weights, cfg.backend, **kw)
+        bal = make_aggregator(
+            name, cfg.aggregate_params, cfg.weights, cfg.backend, cfg.jacobian, **kw
+        )
     else:  # a user's "module:Class": constructed with no arguments
         bal = BALANCERS.get(name)()
     if getattr(bal, "needs_model", False):

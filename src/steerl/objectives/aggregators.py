@@ -2,10 +2,13 @@ r"""Gradient-level balancers: aggregate per-objective gradients on a restricted 
 
 Three layers, as in torchjd, each with one job:
 
-1. **Jacobian** (``jacobian``): the K weighted terms w_i L_i (w_i = ``objectives.weights``,
-   default 1) are differentiated one by one (K ``torch.autograd.grad`` calls with
-   ``retain_graph``) w.r.t. a *restricted* tensor set (``objectives.aggregate_params``, see
-   ``steerl.objectives.restrict``): J (K, n), float32.
+1. **Jacobian** (``TermJacobian`` in ``steerl.objectives.factored``): the K weighted terms
+   w_i L_i (w_i = ``objectives.weights``, default 1) are differentiated w.r.t. a *restricted*
+   tensor set (``objectives.aggregate_params``, see ``steerl.objectives.restrict``):
+   J (K, n), float32. With ``objectives.jacobian=auto`` and the per-token tensors handed to
+   ``tap()``, the K gradients cross the LM head in one backward per tapped tensor (exact; see
+   ``factored``); otherwise one ``torch.autograd.grad`` per term (``jacobian``), each
+   through the head.
 2. **Weighting** (``steerl.objectives.weightings``): sees only the Gramian G = J J^T (K, K) and
    returns K weights a.
 3. **Aggregation**: d = a^T J (n,) is written to the ``.grad`` of the restricted parameters;
@@ -19,9 +22,10 @@ balancer ``end_step()`` is what writes the restricted gradients: the trainer mus
 after the last micro-batch and before clipping / ``optimizer.step()``.
 
 ``hidden_state`` (MGDA-UB, Sener & Koltun 2018, and the same idea for any weighting): the
-per-term gradients are taken w.r.t. the final hidden state (the input of the LM head, captured
-by a forward pre-hook that ``bind(model)`` registers; only while a step is open and grad mode
-is on), the weighting's weights a then scale the losses of one ordinary backward through all
+per-term gradients are taken w.r.t. the final hidden state (the decoder's output that the LM
+head reads, captured by a forward hook that ``bind(model)`` registers; only while a step is
+open and grad mode is on; factorised through the taps as above when exact), the weighting's
+weights a then scale the losses of one ordinary backward through all
 parameters: sum_i a_i w_i L_i. Weights cannot wait for the end of the step there (they scale
 the backward itself), so they are solved per micro-batch from that micro-batch's Gramian
 (exact when a step is one micro-batch); ``end_step`` reports their mean. A representation can
@@ -47,6 +51,7 @@ from steerl.objectives.balancers import (
     _backward,
     _flat_grad,
 )
+from steerl.objectives.factored import TermJacobian
 from steerl.objectives.restrict import ParamSelection, resolve_params
 from steerl.objectives.weightings import Weighting, make_weighting
 
@@ -81,6 +86,7 @@ class AggregatorBalancer(Balancer):
         aggregate_params: str = "last_blocks:1",
         weights: Mapping[str, float] | None = None,
         backend: str = "auto",
+        jacobian: str = "auto",
     ):
         super().__init__(weights)
         self.name = method
@@ -90,8 +96,7 @@ class AggregatorBalancer(Balancer):
         self.selection: ParamSelection | None = None
         self._ids: set[int] = set()
         self._J: torch.Tensor | None = None
-        self._captured: list[torch.Tensor] = []
-        self._hook = None
+        self.terms_jacobian = TermJacobian(jacobian)
         self._alpha_sum: torch.Tensor | None = None
         self._n_mb = 0
         self.last_gramian: torch.Tensor | None = None  # (K, K) of the last aggregation
@@ -100,26 +105,27 @@ class AggregatorBalancer(Balancer):
     def bind(self, model: torch.nn.Module) -> None:
         self.selection = resolve_params(model, self.spec, balancer=self.name)
         self._ids = {id(p) for p in self.selection.params}
-        if self.selection.kind == "hidden_state":
-            head = (
-                model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self.terms_jacobian.bind(model, self.selection.params, lambda: self._open)
+        if self.selection.kind == "hidden_state" and self.terms_jacobian._hook is None:
+            raise ValueError(
+                f"objectives.aggregate_params=hidden_state (balancer={self.name}) needs a "
+                "model with an LM head (get_output_embeddings()) to capture its input"
             )
-            if head is None:
-                raise ValueError(
-                    f"objectives.aggregate_params=hidden_state (balancer={self.name}) needs a "
-                    "model with an LM head (get_output_embeddings()) to capture its input"
-                )
-            if self._hook is not None:
-                self._hook.remove()
-            self._hook = head.register_forward_pre_hook(self._capture)
 
-    def _capture(self, module: torch.nn.Module, args: tuple) -> None:
-        if self._open and torch.is_grad_enabled() and args and args[0].requires_grad:
-            self._captured.append(args[0])
+    def tap(self, *tensors: torch.Tensor | None) -> None:
+        """The per-token tensors (N, T) the next ``combine``'s terms are computed from.
+
+        With them (the policy log-probs, and the entropies when they carry a gradient), the K
+        per-term gradients cross the LM head in one backward per tensor instead of one per
+        term (``steerl.objectives.factored``); without them, or where that would not be
+        exact, each term takes its own backward.
+        """
+        self.terms_jacobian.tap(tensors)
 
     def begin_step(self, step: int) -> None:
         super().begin_step(step)
-        self._J, self._captured, self._alpha_sum, self._n_mb = None, [], None, 0
+        self._J, self._alpha_sum, self._n_mb = None, None, 0
+        self.terms_jacobian.reset()
 
     # ---------------------------------------------------------------- per micro-batch
     def combine(
@@ -139,7 +145,7 @@ class AggregatorBalancer(Balancer):
         weighted = [w[k] * terms[k] for k in self.names]
         if representation is not None or self.selection.kind == "hidden_state":
             return self._combine_hidden(weighted, w, representation)
-        J = jacobian(weighted, self.selection.params)
+        J = self.terms_jacobian.rows(weighted, self.selection.params)
         self._J = J if self._J is None else self._J + J
         others = [p for p in params if p.requires_grad and id(p) not in self._ids]
         total = sum(weighted)
@@ -149,8 +155,9 @@ class AggregatorBalancer(Balancer):
         return dict(w)
 
     def _combine_hidden(self, weighted, w, representation) -> dict[str, float]:
+        captured, taps = self.terms_jacobian.take()
         if representation is None:
-            reps, self._captured = self._captured, []
+            reps = captured
         elif isinstance(representation, torch.Tensor):
             reps = [representation]
         else:
@@ -161,7 +168,15 @@ class AggregatorBalancer(Balancer):
                 "state in this micro-batch: the policy forward must run after begin_step() "
                 "with gradients enabled"
             )
-        J = jacobian(weighted, reps)
+        fact = (
+            None
+            if representation is not None
+            else self.terms_jacobian.head_grads(weighted, reps, taps)
+        )
+        if fact is not None:  # per-term gradients at h from one head backward per tap
+            J = torch.stack([g.reshape(-1).float() for g in fact[1]])
+        else:
+            J = jacobian(weighted, reps)
         G = (J @ J.T).double()
         a = self.weighting(G).to(torch.float64)
         self.last_gramian = G
@@ -175,14 +190,15 @@ class AggregatorBalancer(Balancer):
     # ---------------------------------------------------------------- per step
     def abort_step(self) -> None:
         super().abort_step()
-        self._J, self._captured, self._alpha_sum, self._n_mb = None, [], None, 0
+        self._J, self._alpha_sum, self._n_mb = None, None, 0
+        self.terms_jacobian.reset()
 
     def end_step(self) -> dict[str, float]:
         if not self._open:
             raise BalancerProtocolError(f"balancer {self.name!r}: end_step() without begin_step")
         self._open = False
         self._acc = {}
-        self._captured = []
+        self.terms_jacobian.reset()
         if self._alpha_sum is not None:  # hidden_state: weights were applied per micro-batch
             a = (self._alpha_sum / self._n_mb).tolist()
             self._alpha_sum = None
@@ -227,7 +243,14 @@ class AggregatorBalancer(Balancer):
         self.weighting.load_state_dict(state.get("weighting", {}))
 
     def describe(self) -> dict[str, Any]:
-        out = {**super().describe(), "weighting": repr(self.weighting), "backend": self.backend}
+        out = {
+            **super().describe(),
+            "weighting": repr(self.weighting),
+            "backend": self.backend,
+            "jacobian": self.terms_jacobian.mode,
+        }
+        if self.terms_jacobian.blocked is not None and self.terms_jacobian.mode == "auto":
+            out["jacobian_factored"] = f"never: {self.terms_jacobian.blocked}"
         if self.selection is not None:
             out.update(self.selection.describe())
         else:
@@ -269,6 +292,7 @@ def make_aggregator(
     aggregate_params: str | None = None,
     weights: Mapping[str, float] | None = None,
     backend: str = "auto",
+    jacobian: str = "auto",
     **weighting_kw: Any,
 ) -> AggregatorBalancer:
     """An aggregator balancer by ``BALANCERS`` name (``mgda_ub`` forces ``hidden_state``)."""
@@ -280,7 +304,7 @@ def make_aggregator(
             f"{spec!r} contradicts it (use balancer=mgda for parameters)"
         )
     weighting = make_weighting(wname, backend, **weighting_kw)
-    return AggregatorBalancer(method, weighting, spec, weights, backend)
+    return AggregatorBalancer(method, weighting, spec, weights, backend, jacobian)
 
 
 def _register(method: str) -> None:

@@ -5,6 +5,9 @@ Protocol (every balancer; ``Balancer`` gives the defaults)::
     bind(model)                 once, after construction (gradnorm / aggregators resolve their
                                 parameter set here; the others ignore it)
     begin_step(step)            before the first micro-batch of an optimizer step
+    tap(*tensors)               optional, before combine: the per-token tensors (N, T) the terms
+                                are computed from (log-probs, entropies); balancers that take
+                                per-term gradients use them (``steerl.objectives.factored``)
     combine(terms, params)      once per micro-batch: does the backward, returns the weights
     end_step() -> weights       after the last micro-batch, before clipping and
                                 optimizer.step(): adaptive balancers update their state from
@@ -172,6 +175,11 @@ class Balancer:
         _backward(sum(used[k] * terms[k] for k in terms))
         self.last_weights = used
         return dict(used)
+
+    def tap(self, *tensors: torch.Tensor | None) -> None:
+        """The per-token tensors (N, T) the next ``combine``'s terms are computed from (the
+        policy log-probs, the entropies). Only balancers that take per-term gradients
+        (aggregators, gradnorm) use them; ``None`` entries are ignored."""
 
     def end_step(self) -> dict[str, float]:
         """Close the step, update adaptive state from its losses; the weights used."""
@@ -419,8 +427,10 @@ class GradNormBalancer(Balancer):
 
     def __init__(
         self, weights=None, alpha: float = 1.5, lr: float = 0.025,
-        aggregate_params: str = "last_blocks:1", **kw: Any,
+        aggregate_params: str = "last_blocks:1", jacobian: str = "auto", **kw: Any,
     ):  # fmt: skip
+        from steerl.objectives.factored import TermJacobian
+
         super().__init__(weights, **kw)
         if alpha < 0 or not lr > 0:
             raise ValueError(f"gradnorm: alpha={alpha} must be >= 0 and lr={lr} > 0")
@@ -429,6 +439,7 @@ class GradNormBalancer(Balancer):
         self.initial: list[float] | None = None  # l_i(0)
         self.opt = TinyAdam(lr)
         self.selection = None
+        self.terms_jacobian = TermJacobian(jacobian)
         self._grads: torch.Tensor | None = None
 
     def bind(self, model: torch.nn.Module) -> None:
@@ -441,6 +452,11 @@ class GradNormBalancer(Balancer):
                 "(last_blocks:N, lora or regex:<pattern>), not the hidden state"
             )
         self.selection = sel
+        self.terms_jacobian.bind(model, sel.params, lambda: self._open)
+
+    def tap(self, *tensors: torch.Tensor | None) -> None:
+        """Per-token tensors of the next ``combine`` (see ``AggregatorBalancer.tap``)."""
+        self.terms_jacobian.tap(tensors)
 
     def _init_terms(self, names: list[str]) -> None:
         base = np.array([max(self.weights.get(k, 1.0), 1e-3) for k in names])
@@ -449,6 +465,11 @@ class GradNormBalancer(Balancer):
     def begin_step(self, step: int) -> None:
         super().begin_step(step)
         self._grads = None
+        self.terms_jacobian.reset()
+
+    def abort_step(self) -> None:
+        super().abort_step()
+        self.terms_jacobian.reset()
 
     def current_weights(self) -> dict[str, float]:
         assert self.names is not None
@@ -459,8 +480,7 @@ class GradNormBalancer(Balancer):
             raise BalancerProtocolError("balancer 'gradnorm' needs bind(model) before combine()")
         self._enter(terms)
         assert self.names is not None
-        rows = [_flat_grad(terms[k], self.selection.params) for k in self.names]
-        g = torch.stack(rows)
+        g = self.terms_jacobian.rows([terms[k] for k in self.names], self.selection.params)
         self._grads = g if self._grads is None else self._grads + g
         used = self.current_weights()
         _backward(sum(used[k] * terms[k] for k in self.names))
@@ -501,7 +521,7 @@ class GradNormBalancer(Balancer):
         self.opt.load_state_dict(state["opt"])
 
     def describe(self) -> dict[str, Any]:
-        out = super().describe()
+        out = {**super().describe(), "jacobian": self.terms_jacobian.mode}
         if self.selection is not None:
             out.update(self.selection.describe())
         return out

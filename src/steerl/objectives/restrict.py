@@ -11,8 +11,9 @@ parameters and gives every other parameter the plain weighted sum's gradient. Th
 ``lora``            the trainable LoRA adapter parameters (names containing ``lora_``)
 ``regex:<pattern>`` the trainable parameters whose names ``re.search``-match the pattern
 ``hidden_state``    no parameters: the per-objective gradients are taken w.r.t. the final hidden
-                    state (the input of the LM head), as MGDA-UB (Sener & Koltun 2018) does; the
-                    weights found there scale the losses of one ordinary backward
+                    state (the decoder's output, read by the LM head), as MGDA-UB (Sener &
+                    Koltun 2018) does; the weights found there scale the losses of one
+                    ordinary backward
 ==================  ===========================================================================
 
 ``resolve_params(model, spec)`` returns a ``ParamSelection`` with the resolved names of the

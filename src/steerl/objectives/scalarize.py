@@ -161,11 +161,7 @@ class Combiner:
     def __call__(
         self, scores: torch.Tensor, weights: torch.Tensor | Sequence[float], group_size: int
     ) -> torch.Tensor:
-        lam = torch.as_tensor(
-            self.preference if self.preference is not None else weights,
-            dtype=scores.dtype,
-            device=scores.device,
-        )
+        lam = self.lambdas(weights, scores)
         if self.name == "weighted_sum":
             return weighted_sum(scores, lam)
         if self.name == "gdpo":
@@ -175,6 +171,35 @@ class Combiner:
         if self.name == "smooth_tchebycheff":
             return smooth_tchebycheff(scores, lam, self.ideal, self.mu)
         raise ValueError(f"unknown combine {self.name!r}; one of {', '.join(COMBINE_NAMES)}")
+
+    def lambdas(self, weights: torch.Tensor | Sequence[float], like: torch.Tensor) -> torch.Tensor:
+        """λ (K,): ``preference`` when set, else the rewards' ``weights``."""
+        lam = self.preference if self.preference is not None else weights
+        return torch.as_tensor(lam, dtype=like.dtype, device=like.device)
+
+    def reward(
+        self, scores: torch.Tensor, weights: torch.Tensor | Sequence[float], group_size: int
+    ) -> torch.Tensor:
+        """(N, K) -> (N,) the scalar reward the run maximises (NaN: unscored): this
+        combiner's output, or for ``gdpo`` (whose output is advantages) sum_i λ_i f_i."""
+        if self.returns == "advantage":
+            return weighted_sum(scores, self.lambdas(weights, scores))
+        return self(scores, weights, group_size)
+
+    def signal(
+        self, scores: torch.Tensor, weights: torch.Tensor | Sequence[float], group_size: int
+    ) -> torch.Tensor:
+        """(N, K) -> (N, C) what the advantages are computed from: a group's advantages are
+        all zero exactly when every column is constant within the group (NaN: unscored).
+
+        C = 1, :meth:`reward`, for the combiners that return a reward; for ``gdpo``, which
+        normalises each reward in its group, the used reward columns (λ_i != 0), a sample
+        being scored by all of them or by none.
+        """
+        if self.returns != "advantage":
+            return self.reward(scores, weights, group_size)[:, None]
+        s = scores[:, self.lambdas(weights, scores) != 0]
+        return s.masked_fill(s.isnan().any(-1, keepdim=True), float("nan"))
 
 
 COMBINE_NAMES = ("weighted_sum", "gdpo", "tchebycheff", "smooth_tchebycheff")

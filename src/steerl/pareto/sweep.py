@@ -11,9 +11,11 @@ trained with ``train.steps=0``) every point starts from a copy of it and resumes
 preference and the overrides (``train.steps`` from RECIPE, or from the warm-up's recipe, unless
 overridden), so the SFT warm-up runs once for the whole sweep.
 
-"Targeted trade-offs": each point's angle (degrees) between its objective vector, normalised
-to [0, 1] per objective by the front's ranges, and its preference vector; small means the run
-landed on the ray its preference asked for (``null`` when the normalised vector is 0).
+"Targeted trade-offs": each point's angle (degrees) and cosine between its objective vector,
+normalised to [0, 1] per objective by the front's ranges, and its preference vector; small
+angle (cosine near 1) means the run landed on the ray its preference asked for (``null`` when
+the normalised vector is 0). pareto.json also gets their mean and maximum (``ray``), and each
+run's ``summary.json`` its own values (``pareto/ray_cosine``, ``pareto/ray_angle_deg``).
 
 ``soup_points``: rewarded-soup mixtures of checkpoints evaluated with one Trainer.
 """
@@ -134,21 +136,63 @@ def check_warmup(path: Path) -> None:
         )
 
 
-def angles(points: np.ndarray, prefs: np.ndarray, mask: np.ndarray) -> list[float | None]:
-    """Degrees between each point (normalised by the front's per-objective ranges) and its
-    preference vector; None where the normalised point is the zero vector."""
+def _normalised(points: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(points scaled to [0, 1] per objective by the front's ranges, lo, hi)``."""
     front = points[mask]
     lo, hi = front.min(0), front.max(0)
     span = np.where(hi > lo, hi - lo, 1.0)
+    return (points - lo) / span, lo, hi
+
+
+def ray_cosines(points: np.ndarray, prefs: np.ndarray, mask: np.ndarray) -> list[float | None]:
+    """Cosine between each point (normalised by the front's per-objective ranges) and its
+    preference vector: 1 on the ray; None where the normalised point is the zero vector."""
+    x, _, _ = _normalised(points, mask)
     out: list[float | None] = []
-    for x, p in zip((points - lo) / span, prefs):
-        nx, npf = np.linalg.norm(x), np.linalg.norm(p)
+    for xi, p in zip(x, prefs):
+        nx, npf = np.linalg.norm(xi), np.linalg.norm(p)
         if nx < 1e-12 or npf < 1e-12:
             out.append(None)
             continue
-        cos = float(np.clip(x @ p / (nx * npf), -1.0, 1.0))
-        out.append(round(math.degrees(math.acos(cos)), 2))
+        out.append(float(np.clip(xi @ p / (nx * npf), -1.0, 1.0)))
     return out
+
+
+def angles(points: np.ndarray, prefs: np.ndarray, mask: np.ndarray) -> list[float | None]:
+    """Degrees between each point (normalised by the front's per-objective ranges) and its
+    preference vector; None where the normalised point is the zero vector."""
+    return [
+        None if c is None else round(math.degrees(math.acos(c)), 2)
+        for c in ray_cosines(points, prefs, mask)
+    ]
+
+
+def write_ray_to_runs(result: dict[str, Any]) -> None:
+    """Add the sweep's ray closeness of each point to its run's ``summary.json``.
+
+    Keys ``pareto/ray_cosine``, ``pareto/ray_angle_deg``, ``pareto/on_front`` and
+    ``pareto/preference``: the values of ``pareto.json`` (normalised by this sweep's front,
+    so they are rewritten whenever the sweep is summarised again).
+    """
+    for r in result["points"]:
+        path = Path(r["run_dir"]) / "summary.json" if r.get("run_dir") else None
+        if path is None or not path.is_file():
+            continue
+        try:
+            summary = json.loads(path.read_text())
+        except ValueError:
+            continue
+        summary.update(
+            {
+                "pareto/preference": r["preference"],
+                "pareto/ray_cosine": r.get("ray_cosine"),
+                "pareto/ray_angle_deg": r.get("angle_deg"),
+                "pareto/on_front": r.get("on_front"),
+            }
+        )
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(path)
 
 
 def default_ref(points: np.ndarray) -> list[float]:
@@ -167,10 +211,14 @@ def summarise(
     pts = np.array([[r["objectives"][n] for n in names] for r in rows], dtype=np.float64)
     prefs = np.array([r["preference"] for r in rows], dtype=np.float64)
     mask = non_dominated(pts)
+    cos = ray_cosines(pts, prefs, mask)
     ang = angles(pts, prefs, mask)
-    for r, on, a in zip(rows, mask, ang):
+    for r, on, a, c in zip(rows, mask, ang, cos):
         r["on_front"] = bool(on)
         r["angle_deg"] = a
+        r["ray_cosine"] = None if c is None else round(c, 6)
+    _, lo, hi = _normalised(pts, mask)
+    known = [a for a in ang if a is not None]
     ref = ref if ref is not None else default_ref(pts)
     return {
         "objectives": names,
@@ -178,6 +226,13 @@ def summarise(
         "ref": ref,
         "hypervolume": hypervolume(pts[mask], ref),
         "knee": int(knee_point(pts)),
+        "ray": {  # how close the points land to their preference rays (see angles())
+            "normalised_by": "front ranges",
+            "front_min": lo.tolist(),
+            "front_max": hi.tolist(),
+            "mean_angle_deg": round(float(np.mean(known)), 2) if known else None,
+            "max_angle_deg": round(float(np.max(known)), 2) if known else None,
+        },
         "points": rows,
     }
 
@@ -186,7 +241,15 @@ def write_csv(path: Path, names: list[str], rows: list[dict[str, Any]], extra: l
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(
-            ["index", *[f"pref_{n}" for n in names], *names, "on_front", "angle_deg", *extra]
+            [
+                "index",
+                *[f"pref_{n}" for n in names],
+                *names,
+                "on_front",
+                "angle_deg",
+                "ray_cosine",
+                *extra,
+            ]
         )
         for i, r in enumerate(rows):
             w.writerow(
@@ -196,6 +259,7 @@ def write_csv(path: Path, names: list[str], rows: list[dict[str, Any]], extra: l
                     *[_fmt(r["objectives"][n]) for n in names],
                     int(r["on_front"]),
                     "" if r.get("angle_deg") is None else r["angle_deg"],
+                    "" if r.get("ray_cosine") is None else r["ray_cosine"],
                     *[r.get(e, "") for e in extra],
                 ]
             )
@@ -261,6 +325,7 @@ def sweep(
     result = summarise(names, rows, ref_v)
     result["weights"] = f"simplex:{divisions}"
     (out / "pareto.json").write_text(json.dumps(result, indent=1))
+    write_ray_to_runs(result)
     write_csv(out / "pareto.csv", names, rows, ["run_dir"])
     png = plot(out / "front.png", names, [("p", rows)])
     result["plot"] = str(png) if png else None
