@@ -409,6 +409,14 @@ def pareto_sweep(
         "--from-warmup",
         help="Finished run directory (e.g. train.steps=0) copied into every point and resumed.",
     ),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="SQLAlchemy URL: run the points as trials of a shared Optuna study (many machines).",
+    ),
+    study: str | None = typer.Option(
+        None, "--study", help="Study name with --storage (default: sweep-<recipe>)."
+    ),
 ) -> None:
     """Train one run per preference vector, evaluate every reward, write the Pareto front.
 
@@ -437,6 +445,8 @@ def pareto_sweep(
             ref=ref,
             from_warmup=from_warmup,
             on_point=report_point,
+            storage=storage,
+            study=study,
         )
     console.print(_points_table(result, f"Pareto sweep ({weights})", "preference"))
     console.print(

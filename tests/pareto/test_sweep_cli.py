@@ -172,3 +172,32 @@ def test_soup_of_different_base_models_exits_2(tmp_path):
     assert res.exit_code == 2
     assert paths[0] in res.stderr and paths[1] in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_sweep_on_a_shared_study_runs_each_point_once(swept, tmp_path):
+    import optuna
+
+    out, _ = swept
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    args = ["pareto", "sweep", "pareto_demo", *SWEEP, "--weights", "simplex:1"]
+    shared = tmp_path / "shared"
+    res = _runner().invoke(app, [*args, "--jobs", "2", "--out", str(shared), "--storage", url])
+    assert res.exit_code == 0, res.output + str(res.exception)
+    study = optuna.load_study(study_name="sweep-pareto_demo", storage=url)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(t.params["point"] for t in done) == [0, 1]  # each point once
+    assert all(t.state.name == "COMPLETE" or t.user_attrs.get("surplus") for t in study.trials)
+    # the same front as the plain sweep (training is deterministic on the CPU)
+    plain = json.loads((out / "pareto.json").read_text())
+    got = json.loads((shared / "pareto.json").read_text())
+    assert [p["objectives"] for p in got["points"]] == [p["objectives"] for p in plain["points"]]
+    assert [t.values for t in sorted(done, key=lambda t: t.params["point"])] == [
+        list(p["objectives"].values()) for p in got["points"]
+    ]
+    # re-running trains nothing; another sweep under the same study name is refused
+    again = _runner().invoke(app, [*args, "--out", str(shared), "--storage", url])
+    assert again.exit_code == 0 and len(
+        optuna.load_study(study_name="sweep-pareto_demo", storage=url).trials
+    ) == len(study.trials)
+    other = _runner().invoke(app, [*args, "train.steps=3", "--out", str(shared), "--storage", url])
+    assert other.exit_code == 2 and "holds a different sweep" in other.output

@@ -290,8 +290,14 @@ def sweep(
     ref: str | None = None,
     from_warmup: Path | None = None,
     on_point: Callable[[int, dict[str, float], bool], None] | None = None,
+    storage: str | None = None,
+    study: str | None = None,
 ) -> dict[str, Any]:
-    """Run the sweep (see the module docstring); returns the pareto.json content."""
+    """Run the sweep (see the module docstring); returns the pareto.json content.
+
+    With ``storage`` (an SQLAlchemy URL) the points are trials of the shared Optuna study
+    ``study`` (default ``sweep-<recipe>``), so several machines share the sweep
+    (``steerl.pareto.shared``)."""
     from steerl.config import load_config
 
     if from_warmup is not None:
@@ -320,8 +326,20 @@ def sweep(
             on_point(i, obj, trained)
         return {"preference": prefs[i].tolist(), "objectives": obj, "run_dir": str(run)}
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        rows = list(pool.map(one, range(len(prefs))))
+    if storage is not None:
+        from steerl.pareto.shared import fingerprint, run_shared
+
+        fp = fingerprint(recipe, list(overrides), divisions, str(from_warmup))
+        name = study or f"sweep-{cfg.recipe}"
+
+        def work(_: int) -> list[dict[str, Any]]:
+            return run_shared(storage, name, len(prefs), names, fp, one)
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            rows = list(pool.map(work, range(max(1, jobs))))[0]
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            rows = list(pool.map(one, range(len(prefs))))
     result = summarise(names, rows, ref_v)
     result["weights"] = f"simplex:{divisions}"
     (out / "pareto.json").write_text(json.dumps(result, indent=1))

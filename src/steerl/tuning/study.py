@@ -19,8 +19,6 @@ import hashlib
 import json
 import random
 import shutil
-import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,30 +116,12 @@ def check_warmup(path: Path, cfg: Config) -> None:
 # --------------------------------------------------------------------------- Optuna objects
 def make_storage(ctx: TuneContext) -> Any:
     """An RDB storage with heartbeats; a worker that dies has its trial failed and retried."""
-    import optuna
-    from sqlalchemy.exc import SQLAlchemyError
+    from steerl.tuning.storage import StorageError, rdb_storage
 
-    tc = ctx.tc
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    kwargs: dict[str, Any] = {}
-    if ctx.storage.startswith("sqlite"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=tc.retries)
-    last: Exception | None = None
-    for attempt in range(5):  # workers starting together race to create the tables
-        try:
-            return optuna.storages.RDBStorage(
-                ctx.storage,
-                heartbeat_interval=tc.heartbeat_s,
-                grace_period=2 * tc.heartbeat_s,
-                heartbeat_stale_trial_callback=retry,
-                **kwargs,
-            )
-        except SQLAlchemyError as e:
-            last = e
-            time.sleep(0.5 * (attempt + 1))
-    raise TuneError(f"cannot open the study storage {ctx.storage!r}: {last}")
+    try:
+        return rdb_storage(ctx.storage, ctx.tc.heartbeat_s, ctx.tc.retries)
+    except StorageError as e:
+        raise TuneError(str(e)) from None
 
 
 def _constraints(trial: Any) -> list[float]:
