@@ -139,7 +139,13 @@ def load_policy(cfg: ModelConfig, weights_dir: str | Path | None = None) -> Poli
     tokenizer.padding_side = "left"
     model.to(device=device, dtype=dtype)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # non-reentrant: works when the inputs need no grad, and with the chunked LM head;
+        # transformers >= 5.2x calls it activation checkpointing (the old name warns)
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return Policy(model=model, tokenizer=tokenizer, device=device, dtype=dtype)

@@ -1,9 +1,12 @@
 """Grouped sampling from the policy with a KV cache.
 
 ``generate`` takes left-padded prompts and samples completions token by token, reusing the
-key/value cache; finished rows (EOS) stop contributing. The sampling log-probabilities are
-those of the temperature-scaled distribution the tokens were drawn from (before top-p
-truncation), which is what an importance ratio against the sampler needs.
+key/value cache; finished rows (EOS) stop contributing. Two backends (``rollout.backend``):
+``eager`` runs the model's HF forward with its dynamic cache (any model); ``static``
+(:mod:`steerl.generation.static`) owns a static cache and replays one CUDA graph per token.
+The sampling log-probabilities are those of the temperature-scaled distribution the tokens
+were drawn from (before top-p truncation), which is what an importance ratio against the
+sampler needs.
 """
 
 from __future__ import annotations
@@ -81,6 +84,36 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
+#: Sampler backends: ``eager`` (HF forward with a dynamic cache, any model) and ``static``
+#: (steerl.generation.static: static cache, one CUDA graph per token on CUDA).
+BACKENDS = ("eager", "static")
+
+
+def resolve_backend(name: str, model: PreTrainedModel) -> str:
+    """``auto`` -> ``static`` on CUDA for supported models, else ``eager``; checks ``static``.
+
+    Raises :class:`~steerl.config.ConfigError` naming ``rollout.backend`` when ``static`` is
+    asked for a model it does not support.
+    """
+    from steerl.config import ConfigError
+    from steerl.generation.static import unsupported_reason
+
+    reason = unsupported_reason(model)
+    if name == "auto":
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        return "static" if on_cuda and reason is None else "eager"
+    if name == "static" and reason is not None:
+        raise ConfigError(
+            f"key 'rollout.backend': got 'static' but the static sampler cannot run {reason}; "
+            "allowed for this model: auto, eager"
+        )
+    if name not in BACKENDS:
+        raise ConfigError(
+            f"key 'rollout.backend': got {name!r}; allowed values are auto, eager, static"
+        )
+    return name
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -94,10 +127,67 @@ def generate(
     top_p: float = 1.0,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    backend: str = "eager",
+    compile: bool = False,
+    ignore_eos: bool = False,
 ) -> Rollout:
-    """Sample one completion per row of ``prompt_ids`` (repeat rows for groups)."""
+    """Sample one completion per row of ``prompt_ids`` (repeat rows for groups).
+
+    ``backend``: ``eager`` or ``static`` (see :data:`BACKENDS`; resolve ``auto`` first with
+    :func:`resolve_backend`); ``compile`` applies to ``static`` on CUDA (``torch.compile`` of
+    each layer's pure parts). ``ignore_eos`` samples past EOS: every completion is
+    ``max_new_tokens`` long and counts as truncated (for benchmarks).
+    """
     was_training = model.training
     model.eval()
+    eos = None if ignore_eos else eos_token_id
+    kw = dict(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=pad_token_id,
+        temperature=temperature,
+        top_p=top_p,
+        greedy=greedy,
+        generator=generator,
+    )
+    try:
+        if backend == "static":
+            from steerl.generation.static import static_generate
+
+            tokens, logprobs, _ = static_generate(
+                model, prompt_ids, prompt_mask, compile=compile, **kw
+            )
+        else:
+            tokens, logprobs = _eager_generate(model, prompt_ids, prompt_mask, **kw)
+    finally:
+        if was_training:
+            model.train()
+    if eos is None:
+        comp_mask = torch.ones_like(tokens)
+        truncated = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    else:
+        is_eos = tokens == eos
+        # mask: every token up to and including the first EOS
+        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+        comp_mask = (~after_eos).long()
+        truncated = ~is_eos.any(-1)
+    return Rollout(prompt_ids, prompt_mask, tokens, comp_mask, logprobs * comp_mask, truncated)
+
+
+def _eager_generate(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """HF forward with its dynamic cache, one token at a time: (tokens, logprobs), (N, T)."""
     n = prompt_ids.shape[0]
     device = prompt_ids.device
     mask = prompt_mask.clone()
@@ -125,10 +215,11 @@ def generate(
         tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
         tokens[:, t] = torch.where(done, pad_token_id, tok)
         logprobs[:, t] = torch.where(done, 0.0, tok_lp)
-        done = done | (tok == eos_token_id)
+        if eos_token_id is not None:
+            done = done | (tok == eos_token_id)
         steps = t + 1
         # One host sync per token: cheap for short completions; lets the loop stop early.
-        if bool(done.all()) or t == max_new_tokens - 1:
+        if t == max_new_tokens - 1 or (eos_token_id is not None and bool(done.all())):
             break
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
         last_pos = last_pos + 1
@@ -141,16 +232,7 @@ def generate(
         )
         past = getattr(out, cache_arg)
         next_logits = out.logits[:, -1, :].float()
-
-    tokens, logprobs = tokens[:, :steps], logprobs[:, :steps]
-    is_eos = tokens == eos_token_id
-    # mask: every token up to and including the first EOS
-    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-    comp_mask = (~after_eos).long()
-    truncated = ~is_eos.any(-1)
-    if was_training:
-        model.train()
-    return Rollout(prompt_ids, prompt_mask, tokens, comp_mask, logprobs * comp_mask, truncated)
+    return tokens[:, :steps], logprobs[:, :steps]
 
 
 def decode_completions(tokenizer: PreTrainedTokenizerBase, rollout: Rollout) -> list[str]:

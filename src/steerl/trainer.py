@@ -40,10 +40,16 @@ from steerl.losses import (
     sft_loss,
 )
 from steerl.models import load_policy, make_reference
-from steerl.objectives import build_balancer, build_combiner, weighted_sum
+from steerl.objectives import build_balancer, build_combiner
 from steerl.objectives.advantages import compute_advantages
 from steerl.rewards import build_rewards
-from steerl.rollout import Rollout, decode_completions, encode_prompts, generate
+from steerl.rollout import (
+    Rollout,
+    decode_completions,
+    encode_prompts,
+    generate,
+    resolve_backend,
+)
 from steerl.schedules import (
     AdaptiveKLController,
     WarmupDecay,
@@ -126,6 +132,7 @@ class Trainer:
         self.device = self.policy.device
         # make_reference's last argument only decides whether model.reference=auto builds one
         self.reference = make_reference(self.policy, cfg.model, float(cfg.loss.needs_reference))
+        self.sampler_backend = resolve_backend(cfg.rollout.backend, self.model)  # eager|static
         self.loss = build_policy_loss(cfg.loss)  # the "policy" term
         self.aux_terms = build_aux_terms(cfg.loss)  # loss.aux: further named terms
         # objectives: rewards -> training signal (combiner); loss terms -> gradient (balancer)
@@ -163,7 +170,11 @@ class Trainer:
         if o.name == "sgd":
             return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay)
         cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-        return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        # fused on CUDA: one kernel per step and no parameter-sized temporaries (foreach has)
+        fused = True if self.device.type == "cuda" else None
+        return cls(
+            params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=fused
+        )
 
     @property
     def phase(self) -> str:
@@ -317,6 +328,7 @@ class Trainer:
         # 1-3. curriculum -> rollout -> rewards: B prompts, G completions each, scored. With
         #      DAPO dynamic sampling, rounds of further prompts refill the groups whose rewards
         #      do not vary (curriculum.max_refill_rounds; steerl.curriculum.filters)
+        #      (judged on what the advantages come from: objectives.combine and preference)
         groups = sample_groups(
             sample=lambda n: self.curriculum.sample(n, step),
             generate=self._generate,
@@ -325,6 +337,7 @@ class Trainer:
             group_size=G,
             cfg=cfg.curriculum,
             pad_token_id=self.tokenizer.pad_token_id,
+            signal=lambda s: self.combiner.signal(s.scores, reward_weights(s), G),
         )
         batch, reward, scored = groups.batch, groups.reward, groups.scored
         texts, completions, t_gen = groups.texts, groups.completions, groups.generate_seconds
@@ -410,6 +423,9 @@ class Trainer:
             temperature=cfg.rollout.temperature,
             top_p=cfg.rollout.top_p,
             generator=self.sampler,
+            backend=self.sampler_backend,
+            compile=cfg.rollout.compile,
+            ignore_eos=cfg.rollout.ignore_eos,
         )
         return batch, decode_completions(self.tokenizer, batch)
 
@@ -424,11 +440,15 @@ class Trainer:
         return compute_advantages(shaped, G, self.cfg.loss.advantage), ref_lp, kl_metrics
 
     def _score(self, prompts: list[Prompt], completions: list[str], step: int, reward_weights):
-        """One column per named reward, combined into one scalar per sample: (reward, scored)."""
+        """One column per named reward, combined into one scalar per sample: (reward, scored).
+
+        The reward is the one training maximises (``objectives.combine`` with
+        ``objectives.preference`` when set; for GDPO the weighted sum): ``train/reward``.
+        """
         G = self.cfg.rollout.group_size
         rows = [p for p in prompts for _ in range(G)]
         scored = self.rewards.score([p.text for p in rows], completions, _prompt_fields(rows), step)
-        return weighted_sum(scored.scores, reward_weights(scored)), scored
+        return self.combiner.reward(scored.scores, reward_weights(scored), G), scored
 
     # ------------------------------------------------------------------ schedules / control
     def _set_lr(self, step: int, lr_scale: float | None = None) -> float:
@@ -679,6 +699,7 @@ class Trainer:
                 value, term_metrics = self._aux_term(term, idx, inputs, aux)
                 terms[term.name] = term.coef * value
                 metrics.update({f"{term.name}/{k}": v for k, v in term_metrics.items()})
+            self.balancer.tap(lp, ent)  # per-token tensors: per-term gradients in one pass
             self.balancer.combine(terms, self.model.parameters())
             for k, v in terms.items():
                 term_values[k] = term_values.get(k, 0.0) + float(v.detach())

@@ -1,0 +1,7 @@
+"""Fast sampler backends behind ``steerl.rollout.generate`` (``rollout.backend``).
+
+``static`` (:mod:`steerl.generation.static`): static KV cache, batched prefill and a decode
+step captured as a CUDA graph; the same code runs eagerly on the CPU. Backends that need
+packages steerl does not depend on (vLLM, SGLang) would live here too, each behind an extra
+and the same ``(tokens, logprobs)`` contract; none is wired yet.
+"""

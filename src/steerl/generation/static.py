@@ -1,0 +1,445 @@
+"""A static-KV-cache sampler for Llama-family decoders, replayed as one CUDA graph per token.
+
+The sampler runs the Hugging Face model's own weights (embedding, norms, projections, MLPs,
+LM head) with fewer kernels per layer than its forward: one q/k/v matrix product (the three
+weights copied into one buffer at each call), ``F.rms_norm``, RoPE in three kernels and the
+residual adds folded into the output GEMMs; the same math up to float rounding. It owns the
+attention cache: a preallocated
+``(layers, N, kv_heads, S, head_dim)`` key/value buffer with ``S = P + max_new_tokens`` and a
+``(N, S)`` key-validity mask. Every buffer has a fixed address, so one decode step (embed,
+24 layers, head, sampling, EOS bookkeeping) is captured once as a CUDA graph and replayed per
+token with no host synchronisation; the step counter lives on the device. The host looks at
+``done.all()`` only every ``check_every`` tokens, to stop early once every row has ended.
+
+On the CPU (tests) the same step runs eagerly. Sampling draws the token by an exponential race,
+``argmax(z / T - log E)`` with ``E ~ Exp(1)`` from the caller's generator, which is the
+categorical distribution of ``softmax(z / T)`` (top-p applied to ``z / T`` first); the
+recorded log-probability is that of the tempered, untruncated distribution, as in the eager
+sampler. With a fixed generator seed the samples are reproducible, but differ from the eager
+sampler's (another random stream).
+
+Supported: ``model_type`` in :data:`SUPPORTED` (Llama, Qwen2, Qwen3, no sliding window).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+#: Architectures whose decoder layers this sampler reproduces.
+SUPPORTED = ("llama", "qwen2", "qwen3")
+#: Prompt widths are rounded up to this multiple so one captured graph serves many batches.
+PROMPT_BUCKET = 64
+
+
+def unsupported_reason(model: PreTrainedModel) -> str | None:
+    """Why ``model`` cannot use the static sampler, or ``None`` when it can."""
+    conf = model.config
+    kind = getattr(conf, "model_type", "?")
+    if kind not in SUPPORTED:
+        return f"model type {kind!r} (static sampler supports {', '.join(SUPPORTED)})"
+    if getattr(conf, "use_sliding_window", False) and getattr(conf, "sliding_window", None):
+        return f"model type {kind!r} with a sliding attention window"
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "layers") or not hasattr(base, "rotary_emb"):
+        return f"model class {type(model).__name__} has no .model.layers/.rotary_emb"
+    return None
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` in three kernels.
+
+    ``rotate_half(x) = cat(-x2, x1)``, so with ``sin_signed = cat(-sin1, sin2)`` it is the
+    swapped halves ``cat(x2, x1)`` times ``sin_signed``.
+    """
+    d = x.shape[-1]
+    swapped = x.unflatten(-1, (2, d // 2)).flip(-2).flatten(-2)
+    return torch.addcmul(x * cos, swapped, sin_signed)
+
+
+def _eps(norm: torch.nn.Module) -> float:
+    return float(getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6))
+
+
+def _rms(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The RMSNorm module ``norm`` (Llama/Qwen form) as one fused ``F.rms_norm``."""
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, _eps(norm))
+
+
+def _linear_add(res: torch.Tensor, x: torch.Tensor, lin: torch.nn.Linear) -> torch.Tensor:
+    """``res + lin(x)``, the residual add fused into the matrix product when there is no bias."""
+    if lin.bias is not None:
+        return res + lin(x)
+    out = torch.addmm(res.reshape(-1, res.shape[-1]), x.reshape(-1, x.shape[-1]), lin.weight.t())
+    return out.view(res.shape)
+
+
+class StaticSampler:
+    """Static cache, prefill and a (graph-captured) decode step for one batch shape.
+
+    ``n`` rows, prompts of width ``p`` (already bucketed) and ``max_new`` new tokens. Sampling
+    settings are fixed at construction (they are baked into the captured graph).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        n: int,
+        p: int,
+        max_new: int,
+        *,
+        eos_token_id: int | None,
+        pad_token_id: int,
+        temperature: float,
+        top_p: float,
+        greedy: bool,
+        generator: torch.Generator | None,
+        use_graph: bool,
+        compile_step: bool = False,
+    ):
+        conf = model.config
+        dev = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.model, self.base = model, model.model
+        self.n, self.p, self.max_new, self.s = n, p, max_new, p + max_new
+        self.eos, self.pad = eos_token_id, pad_token_id
+        self.temperature, self.top_p, self.greedy = temperature, top_p, greedy
+        self.generator = generator
+        attn = self.base.layers[0].self_attn
+        self.head_dim = attn.head_dim
+        self.n_heads = conf.num_attention_heads
+        self.n_kv = conf.num_key_value_heads
+        self.scaling = attn.scaling
+        shape = (len(self.base.layers), n, self.n_kv, self.s, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=dev)
+        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=dev)
+        self.valid = torch.zeros((n, self.s), dtype=torch.bool, device=dev)  # keys to attend
+        self.base_pos = torch.zeros(n, dtype=torch.long, device=dev)  # position of new token 0
+        self.step = torch.zeros(1, dtype=torch.long, device=dev)  # tokens generated so far
+        self.cur = torch.zeros(n, dtype=torch.long, device=dev)  # the token to feed next
+        self.done = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.tokens = torch.full((n, max_new), pad_token_id, dtype=torch.long, device=dev)
+        self.logprobs = torch.zeros((n, max_new), dtype=torch.float32, device=dev)
+        # RoPE table for every position the cache can hold, from the model's own rotary module
+        with torch.no_grad():
+            positions = torch.arange(self.s, device=dev)[None]
+            dummy = torch.zeros(1, dtype=self.dtype, device=dev)
+            cos, sin = self.base.rotary_emb(dummy, positions)
+        half = self.head_dim // 2
+        self.cos = cos[0]  # (S, head_dim)
+        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], -1)  # signed, see _rope
+        # q, k and v projections as one matrix per layer (refreshed from the model each run)
+        attns = [layer.self_attn for layer in self.base.layers]
+        self.w_qkv = [torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]) for a in attns]
+        self.b_qkv = [
+            torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
+            if a.q_proj.bias is not None
+            else None
+            for a in attns
+        ]
+        self._fingerprint = self._params_fingerprint()
+        self._forward_fn = self._decode_forward
+        # compile the pure per-layer parts of the decode step (cache writes, attention and
+        # sampling stay eager); only for the plain Llama/Qwen2 layer (no q/k norms, no biases
+        # outside q/k/v, SiLU)
+        layer0 = self.base.layers[0]
+        self.compiled = compile_step and (
+            not hasattr(attn, "q_norm")
+            and layer0.self_attn.o_proj.bias is None
+            and getattr(conf, "hidden_act", "") == "silu"
+            and getattr(conf, "mlp_bias", False) is False
+        )
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if use_graph:
+            self._capture()
+
+    # ------------------------------------------------------------------ model pieces
+    def _params_fingerprint(self) -> tuple[int, ...]:
+        return tuple(p.data_ptr() for p in self.model.parameters())
+
+    def is_valid_for(self, model: PreTrainedModel) -> bool:
+        """False once the model's parameters were replaced (the graph would read stale ones)."""
+        return model is self.model and self._params_fingerprint() == self._fingerprint
+
+    def _refresh_weights(self) -> None:
+        """Copy the current q/k/v weights into the fused buffers (same addresses)."""
+        with torch.no_grad():
+            for i, layer in enumerate(self.base.layers):
+                a = layer.self_attn
+                torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], out=self.w_qkv[i])
+                if self.b_qkv[i] is not None:
+                    torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias], out=self.b_qkv[i])
+
+    def _layer_compiled(self, i: int, h: torch.Tensor, cos, sin, slot, mask) -> torch.Tensor:
+        """One decode-step layer through the compiled pure parts (same math as ``_layer``)."""
+        layer = self.base.layers[i]
+        attn, mlp = layer.self_attn, layer.mlp
+        hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
+        n = h.shape[0]
+        eps1 = _eps(layer.input_layernorm)
+        qs, ks, vs = _compiled("attn_in")(
+            h, layer.input_layernorm.weight, self.w_qkv[i], self.b_qkv[i], cos, sin, eps1, hq, hkv
+        )
+        kc, vc = self.k_cache[i], self.v_cache[i]
+        kc.index_copy_(2, slot, ks)
+        vc.index_copy_(2, slot, vs)
+        qg = qs.reshape(n, hkv, hq // hkv, d)
+        o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask, scale=self.scaling)
+        o = o.reshape(n, 1, hq * d)
+        ln2 = layer.post_attention_layernorm
+        return _compiled("attn_out_mlp")(
+            h,
+            o,
+            attn.o_proj.weight,
+            ln2.weight,
+            mlp.gate_proj.weight,
+            mlp.up_proj.weight,
+            mlp.down_proj.weight,
+            _eps(ln2),
+        )
+
+    def _layer(self, i: int, h: torch.Tensor, cos, sin, slot, mask, prefill: bool):
+        """One decoder layer. h: (N, q, H); cos/sin: (N, q, 1, D); mask: (N, 1, q|1, S')."""
+        if self.compiled and not prefill:
+            return self._layer_compiled(i, h, cos, sin, slot, mask)
+        layer = self.base.layers[i]
+        attn = layer.self_attn
+        n, q, _ = h.shape
+        hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
+        qkv = F.linear(_rms(layer.input_layernorm, h), self.w_qkv[i], self.b_qkv[i])
+        qkv = qkv.view(n, q, hq + 2 * hkv, d)
+        qk, vs = qkv[:, :, : hq + hkv], qkv[:, :, hq + hkv :].transpose(1, 2)
+        if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
+            qk = torch.cat([_rms(attn.q_norm, qk[:, :, :hq]), _rms(attn.k_norm, qk[:, :, hq:])], 2)
+        qk = _rope(qk, cos, sin)  # (N, q, Hq + Hkv, D)
+        qs, ks = qk[:, :, :hq].transpose(1, 2), qk[:, :, hq:].transpose(1, 2)
+        kc, vc = self.k_cache[i], self.v_cache[i]
+        g = hq // hkv
+        if prefill:
+            kc[:, :, :q] = ks
+            vc[:, :, :q] = vs
+            k = kc[:, :, :q].repeat_interleave(g, dim=1)
+            v = vc[:, :, :q].repeat_interleave(g, dim=1)
+            o = F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, scale=self.scaling)
+        else:
+            kc.index_copy_(2, slot, ks)
+            vc.index_copy_(2, slot, vs)
+            # grouped-query attention without copying K/V: the g query heads of one KV head
+            # become g query rows of that head (head h uses KV head h // g, as repeat_kv)
+            qg = qs.reshape(n, hkv, g, d)
+            o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask, scale=self.scaling)
+            o = o.reshape(n, hq, 1, d)
+        o = o.transpose(1, 2).reshape(n, q, hq * d)
+        h = _linear_add(h, o, attn.o_proj)
+        mlp = layer.mlp
+        x = _rms(layer.post_attention_layernorm, h)
+        return _linear_add(h, mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), mlp.down_proj)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(N, H) last hidden state -> (N, V) float32 logits."""
+        return self.model.lm_head(_rms(self.base.norm, h)).float()
+
+    def _sample(self, logits: torch.Tensor) -> None:
+        """Choose the next token of every row and record it (all on the device)."""
+        if self.greedy:
+            logp = logits.log_softmax(-1)
+            tok = logp.argmax(-1)
+        else:
+            scaled = logits / self.temperature
+            logp = scaled.log_softmax(-1)
+            if self.top_p < 1.0:
+                from steerl.rollout import _top_p_filter
+
+                scaled = _top_p_filter(scaled, self.top_p)
+            race = torch.empty_like(scaled).exponential_(generator=self.generator)
+            tok = (scaled - race.log()).argmax(-1)
+        tok_lp = logp.gather(-1, tok[:, None]).squeeze(-1)
+        col = self.step.clamp(max=self.max_new - 1)
+        self.tokens.index_copy_(1, col, torch.where(self.done, self.pad, tok)[:, None])
+        self.logprobs.index_copy_(1, col, torch.where(self.done, 0.0, tok_lp)[:, None])
+        if self.eos is not None:
+            self.done |= tok == self.eos
+        self.cur.copy_(tok)
+        self.step += 1
+
+    # ------------------------------------------------------------------ prefill / decode
+    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        """Reset the state, run the (N, P) left-padded prompts, sample the first token."""
+        n, p = prompt_ids.shape
+        pad = self.p - p  # left-pad further up to the bucketed width
+        ids = F.pad(prompt_ids, (pad, 0), value=self.pad)
+        mask = F.pad(prompt_mask, (pad, 0), value=0).bool()
+        self.valid.zero_()
+        self.valid[:, : self.p] = mask
+        self.done.zero_()
+        self.step.zero_()
+        self.tokens.fill_(self.pad)
+        self.logprobs.zero_()
+        pos = (mask.long().cumsum(-1) - 1).clamp_min(0)  # (N, P)
+        self.base_pos.copy_(mask.sum(-1))
+        causal = torch.ones(self.p, self.p, dtype=torch.bool, device=ids.device).tril()
+        eye = torch.eye(self.p, dtype=torch.bool, device=ids.device)
+        # pad queries attend to themselves only: no all-masked rows, so no NaN in the cache
+        attn_mask = ((causal & mask[:, None, :]) | eye)[:, None]  # (N, 1, P, P)
+        cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (N, P, 1, D)
+        h = self.base.embed_tokens(ids)
+        for i in range(len(self.base.layers)):
+            h = self._layer(i, h, cos, sin, None, attn_mask, prefill=True)
+        self._sample(self._logits(h[:, -1]))
+
+    def _decode_step(self) -> None:
+        """Feed ``cur`` at cache slot ``P + step - 1`` and sample the next token."""
+        self._sample(self._forward_fn())
+
+    def _decode_forward(self) -> torch.Tensor:
+        """Logits (N, V) after feeding ``cur`` at cache slot ``P + step - 1``."""
+        slot = self.step - 1 + self.p  # (1,)
+        self.valid.index_fill_(1, slot, True)
+        pos = self.base_pos + self.step - 1  # (N,)
+        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # (N, 1, 1, D)
+        mask = self.valid[:, None, None, :]  # (N, 1, 1, S)
+        h = self.base.embed_tokens(self.cur[:, None])
+        for i in range(len(self.base.layers)):
+            h = self._layer(i, h, cos, sin, slot, mask, prefill=False)
+        return self._logits(h[:, -1])
+
+    def _capture(self) -> None:
+        """Warm up on a side stream (kernels, compilation), then capture one decode step."""
+        state = [self.step, self.valid, self.done, self.cur, self.tokens, self.logprobs]
+        saved = [t.clone() for t in state]
+        self.step.fill_(1)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(3):
+                self.step.fill_(1)
+                self._decode_step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        if self.generator is not None:
+            self.graph.register_generator_state(self.generator)
+        self.step.fill_(1)
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self._decode_step()
+        for t, s in zip(state, saved):
+            t.copy_(s)
+
+    @torch.no_grad()
+    def run(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, check_every: int = 16
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(tokens (N, T), logprobs (N, T), T): T < max_new when every row ended early."""
+        self._refresh_weights()
+        self.prefill(prompt_ids, prompt_mask)
+        steps = 1
+        while steps < self.max_new:
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._decode_step()
+            steps += 1
+            if self.eos is not None and steps % check_every == 0 and bool(self.done.all()):
+                break  # the only host synchronisation: every check_every tokens
+        # copies: the buffers are overwritten by the next call
+        return self.tokens[:, :steps].clone(), self.logprobs[:, :steps].clone(), steps
+
+
+def _attn_in(h, norm_w, w_qkv, b_qkv, cos, sin, eps: float, hq: int, hkv: int):
+    """RMSNorm, fused q/k/v projection and RoPE of one layer: (q, k, v), each (N, H, q, D)."""
+    n, q, _ = h.shape
+    d = cos.shape[-1]
+    x = F.rms_norm(h, (h.shape[-1],), norm_w, eps)
+    qkv = F.linear(x, w_qkv, b_qkv).view(n, q, hq + 2 * hkv, d)
+    qk = _rope(qkv[:, :, : hq + hkv], cos, sin)
+    v = qkv[:, :, hq + hkv :]
+    return qk[:, :, :hq].transpose(1, 2), qk[:, :, hq:].transpose(1, 2), v.transpose(1, 2)
+
+
+def _attn_out_mlp(h, o, w_o, norm_w, w_gate, w_up, w_down, eps: float):
+    """Output projection + residual, RMSNorm, SiLU-gated MLP + residual of one layer."""
+    shape = h.shape
+    h = torch.addmm(h.reshape(-1, shape[-1]), o.reshape(-1, o.shape[-1]), w_o.t())
+    x = F.rms_norm(h, (shape[-1],), norm_w, eps)
+    a = F.silu(F.linear(x, w_gate)) * F.linear(x, w_up)
+    return torch.addmm(h, a, w_down.t()).view(shape)
+
+
+#: ``torch.compile`` of the two functions above (built on first use; shared by all samplers:
+#: every layer has the same shapes, so one compiled graph serves all of them).
+_COMPILED: dict[str, Any] = {}
+
+
+def _compiled(name: str):
+    if name not in _COMPILED:
+        fn = {"attn_in": _attn_in, "attn_out_mlp": _attn_out_mlp}[name]
+        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False)
+    return _COMPILED[name]
+
+
+#: Samplers kept per model (captured graphs and caches), newest last; at most _KEEP of them.
+_SAMPLERS: OrderedDict[tuple[Any, ...], StaticSampler] = OrderedDict()
+_KEEP = 2
+
+
+def static_generate(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    generator: torch.Generator | None,
+    compile: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Sample with a cached :class:`StaticSampler` for this shape (built on first use)."""
+    n, p = prompt_ids.shape
+    width = -(-p // PROMPT_BUCKET) * PROMPT_BUCKET
+    use_graph = prompt_ids.device.type == "cuda"
+    key = (
+        id(model),
+        n,
+        width,
+        max_new_tokens,
+        eos_token_id,
+        pad_token_id,
+        temperature,
+        top_p,
+        greedy,
+        id(generator),
+        use_graph,
+        compile and use_graph,
+    )
+    sampler = _SAMPLERS.get(key)
+    if sampler is None or not sampler.is_valid_for(model):
+        while len(_SAMPLERS) >= _KEEP:
+            _SAMPLERS.popitem(last=False)
+        sampler = StaticSampler(
+            model,
+            n,
+            width,
+            max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            temperature=temperature,
+            top_p=top_p,
+            greedy=greedy,
+            generator=generator,
+            use_graph=use_graph,
+            compile_step=compile and use_graph,
+        )
+        _SAMPLERS[key] = sampler
+    _SAMPLERS.move_to_end(key)
+    return sampler.run(prompt_ids, prompt_mask)
+
+
+def clear_cache() -> None:
+    """Drop every cached sampler (frees their KV caches and captured graphs)."""
+    _SAMPLERS.clear()
