@@ -124,6 +124,28 @@ def pruning(root, warm, args, seed: int, pruner: str) -> dict:
     return {"wall": wall, "pruned": states.count("PRUNED"), "best": best}
 
 
+def multi_objective(root, warm, args) -> dict:
+    """NSGA-II over the learning rate and the group size: accuracy up, wall time down."""
+    from steerl.tuning.results import write_results
+    from steerl.tuning.study import prepare, work
+
+    ov = [
+        *COMMON,
+        f"train.steps={args.steps}",
+        f"tune.from_warmup={warm}",
+        "tune.space={optim.lr: {type: float, low: 1.0e-6, high: 1.0e-2, log: true},"
+        " rollout.group_size: {type: int, low: 2, high: 16, step: 2}}",
+        "tune.objectives=[{metric: eval/accuracy/level_2, direction: maximize},"
+        " {metric: train/wall_seconds, direction: minimize}]",
+        "tune.sampler=nsga2",
+        "tune.sampler_options={population_size: 6}",
+        "tune.seed=0",
+        f"tune.trials={args.multi_trials}",
+    ]
+    ctx = prepare("default", ov, out_dir=str(root / "multi"), study="multi")
+    return write_results(work(ctx), root / "multi")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -133,10 +155,11 @@ def main() -> None:
     ap.add_argument("--max-trials", type=int, default=12)
     ap.add_argument("--startup", type=int, default=3)
     ap.add_argument("--prune-trials", type=int, default=10)
-    ap.add_argument("--prune-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--prune-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--root", type=Path, default=Path("runs/bench-tuning"))
     ap.add_argument("--skip-pruning", action="store_true")
+    ap.add_argument("--multi-trials", type=int, default=18, help="NSGA-II study (0: skip)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     args.root.mkdir(parents=True, exist_ok=True)
@@ -185,6 +208,24 @@ def main() -> None:
                 )
         walls = {p: sum(rows[(p, s)]["wall"] for s in args.prune_seeds) for p in ("none", "median")}
         print(f"\nwall clock without / with pruning: {walls['none'] / walls['median']:.2f}x")
+    if args.multi_trials:
+        m = multi_objective(args.root, warm, args)
+        results["multi"] = m
+        print(
+            f"\n## NSGA-II, {args.multi_trials} trials: level-2 accuracy (max) vs training "
+            "wall seconds (min)\n"
+        )
+        print("| trial | level-2 accuracy | wall s | lr | group size |")
+        print("|---|---|---|---|---|")
+        for p in sorted(m["pareto"], key=lambda p: p["values"][1]):
+            print(
+                f"| {p['trial']} | {p['values'][0]:.3f} | {p['values'][1]:.1f} | "
+                f"{p['params']['optim.lr']:.2e} | {p['params']['rollout.group_size']} |"
+            )
+        print(
+            f"\ntrials {m['trials']}; hypervolume {m['hypervolume']:.4g} (ref {m['ref']}); "
+            f"knee: trial {m['knee']}; plot {args.root / 'multi' / 'front.png'}"
+        )
     (args.root / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; results in {args.root / 'results.json'}")
 

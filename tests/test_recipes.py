@@ -146,3 +146,11 @@ def test_dapo_recipe_switches_the_loss_preset():
     assert cfg.loss.mask_truncated
     other = load_config("dapo", ["loss.preset=dr_grpo"])
     assert other.loss.aggregation == "seq-mean-token-sum-norm"
+
+
+def test_tiny_recipe_trains_in_seconds(tmp_path):
+    from steerl.trainer import Trainer
+
+    cfg = load_config("tiny", [f"train.out_dir={tmp_path}", "logging.progress=false"])
+    summary = Trainer(cfg, tmp_path).train()
+    assert summary["completed"] and summary["rl_steps"] == 4 and summary["warmup_steps"] == 3

@@ -10,22 +10,6 @@ from pathlib import Path
 from steerl.tuning.results import write_results
 from steerl.tuning.study import prepare, work
 
-TINY = [
-    "model.tiny.hidden_size=32",
-    "model.tiny.num_layers=2",
-    "model.tiny.num_heads=2",
-    "model.tiny.intermediate_size=64",
-    "model.device=cpu",
-    "warmup.steps=3",
-    "train.steps=4",
-    "train.threads=1",
-    "rollout.prompts_per_step=4",
-    "rollout.group_size=4",
-    "task.arithmetic.train_per_level=50",
-    "task.arithmetic.eval_per_level=10",
-    "logging.tensorboard=false",
-    "logging.report=false",
-]
 SEARCH = [
     "tune.space={optim.lr: {type: float, low: 1.0e-5, high: 1.0e-2, log: true},"
     " rollout.temperature: {type: float, low: 0.5, high: 1.2}}",
@@ -40,7 +24,7 @@ SEARCH = [
 ]
 out = Path("tune-pareto-example")
 shutil.rmtree(out, ignore_errors=True)
-study = work(prepare("default", TINY + SEARCH, out_dir=str(out)))
+study = work(prepare("tiny", SEARCH, out_dir=str(out)))
 summary = write_results(study, out)
 for p in summary["pareto"]:
     print(

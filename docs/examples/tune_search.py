@@ -1,4 +1,4 @@
-"""A small Bayesian search (TPE) over the learning rate and clip range, on the tiny model.
+"""A small Bayesian search (TPE) over the learning rate and clip range (tiny recipe).
 
 Each trial is a normal steerl run directory under OUT/trials/; the study lives in
 OUT/study.db (SQLite). Pass a PNG path to save the best-so-far plot there.
@@ -11,22 +11,6 @@ from pathlib import Path
 from steerl.tuning.results import write_results
 from steerl.tuning.study import prepare, work
 
-TINY = [  # the default recipe, shrunk to seconds per trial
-    "model.tiny.hidden_size=32",
-    "model.tiny.num_layers=2",
-    "model.tiny.num_heads=2",
-    "model.tiny.intermediate_size=64",
-    "model.device=cpu",
-    "warmup.steps=3",
-    "train.steps=4",
-    "train.threads=1",
-    "rollout.prompts_per_step=4",
-    "rollout.group_size=4",
-    "task.arithmetic.train_per_level=50",
-    "task.arithmetic.eval_per_level=10",
-    "logging.tensorboard=false",
-    "logging.report=false",
-]
 SEARCH = [
     "tune.space={optim.lr: {type: float, low: 1.0e-5, high: 1.0e-2, log: true},"
     " loss.clip_high: {type: float, low: 0.2, high: 0.4}}",
@@ -40,7 +24,7 @@ SEARCH = [
 ]
 out = Path("tune-example")
 shutil.rmtree(out, ignore_errors=True)
-ctx = prepare("default", TINY + SEARCH, out_dir=str(out))
+ctx = prepare("tiny", SEARCH, out_dir=str(out))
 study = work(ctx, on_trial=lambda t: print(f"trial {t.number}: {t.state.name.lower()} {t.params}"))
 summary = write_results(study, out)
 print("best:", summary["best"]["trial"], summary["best"]["params"], summary["best"]["values"])

@@ -6,7 +6,7 @@ Final values (``final_metrics``) come from the run's last evaluation and summary
   mean over levels (the trainer's final evaluation);
 - ``eval/reward/<label>`` and ``eval/mean_length``: a greedy pass over the held-out prompts
   scored by every reward, and the mean completion length in tokens (run only when asked for);
-- ``train/wall_seconds``: the run's training wall time;
+- ``train/wall_seconds``: the trial's training wall time (without a ``from_warmup`` warm-up);
 - ``train/<name>``: the last value of an RL metric in ``metrics.jsonl`` (e.g. ``train/reward``).
 
 Intermediate values (``eval_metrics``) are the accuracy metrics of each periodic evaluation

@@ -19,6 +19,7 @@ import hashlib
 import json
 import random
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,7 +322,10 @@ def run_trial(ctx: TuneContext, trial: Any) -> list[float]:
             for stale in ("summary.json", "report.html"):
                 (run_dir / stale).unlink(missing_ok=True)
         trainer = Trainer(cfg, run_dir, callbacks=[_TrialReporter(trial, tc)])
+        t0 = time.perf_counter()
         summary = trainer.train()
+        # this trial's own training time (a from_warmup copy carries the warm-up's seconds)
+        summary = {**summary, "wall_seconds": time.perf_counter() - t0}
         if not summary.get("completed"):
             raise TuneError(f"the run stopped before the end ({summary.get('stop_reason')})")
         wanted = [o.metric for o in tc.objectives] + [c.metric for c in tc.constraints]
