@@ -172,7 +172,7 @@ def _rng_state(data: list) -> tuple:
 
 def plot_lineage(state: dict[str, Any], path: Path, keys: list[str]) -> None:
     """One panel per hyperparameter and one for the score: value per member over rounds;
-    a dashed segment marks a member that copied another (exploit)."""
+    a dashed segment runs from the member that was copied (exploit) to its copy."""
     from steerl.pareto.plots import _figure
 
     lineage = state["lineage"]
@@ -182,25 +182,34 @@ def plot_lineage(state: dict[str, Any], path: Path, keys: list[str]) -> None:
     fig = _figure(6.0, 2.2 * len(panels))
     members = sorted({e["member"] for e in lineage})
     colors = {m: f"C{i % 10}" for i, m in enumerate(members)}
+
+    def value(e: dict[str, Any], key: str) -> Any:
+        return e["score"] if key == "score" else e["params"].get(key)
+
+    at = {(e["member"], e["round"]): e for e in lineage}
     for k, key in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, k + 1)
         for m in members:
             rows = [e for e in lineage if e["member"] == m]
-            ys = [e["score"] if key == "score" else e["params"].get(key) for e in rows]
-            xs = [e["round"] for e in rows]
-            ax.plot(xs, ys, marker="o", ms=3, color=colors[m], label=f"m{m}")
-            for e, y in zip(rows, ys):
-                if e["parent"] is not None and e["round"] > 0:
-                    prev = [
-                        p
-                        for p in lineage
-                        if p["member"] == e["parent"] and p["round"] == e["round"] - 1
-                    ]
-                    if prev:
-                        py = prev[0]["score"] if key == "score" else prev[0]["params"].get(key)
-                        ax.plot(
-                            [e["round"] - 1, e["round"]], [py, y], ls="--", color=colors[m], lw=0.8
-                        )
+            ax.scatter(
+                [e["round"] for e in rows],
+                [value(e, key) for e in rows],
+                s=10,
+                color=colors[m],
+                label=f"m{m}",
+            )
+            for e in rows:  # a segment from where this round's member came from
+                src = e["parent"] if e["parent"] is not None else m
+                prev = at.get((src, e["round"] - 1))
+                if prev is not None:
+                    ax.plot(
+                        [e["round"] - 1, e["round"]],
+                        [value(prev, key), value(e, key)],
+                        ls="--" if e["parent"] is not None else "-",
+                        color=colors[m],
+                        lw=0.9 if e["parent"] is not None else 1.4,
+                    )
+        ax.set_xticks(sorted({e["round"] for e in lineage}))
         ax.set_ylabel(key if key != "score" else state["metric"], fontsize=7)
         if key != "score" and all(isinstance(e["params"].get(key), float) for e in lineage):
             vals = [e["params"][key] for e in lineage]

@@ -179,8 +179,9 @@ def make_pruner(tc: TuneConfig) -> Any:
 
 def fingerprint(ctx: TuneContext) -> str:
     """What makes two invocations the same study: the recipe (without tune.trials etc.),
-    the space and the objectives."""
-    base = {k: v for k, v in ctx.base.items() if k != "tune"}
+    the space and the objectives. Keys left at their defaults are not part of it, so a
+    newer steerl with more config keys still resumes an older study."""
+    base = ctx.cfg.model_dump(mode="json", exclude_defaults=True, exclude={"tune"})
     tc = ctx.tc
     key = {
         "base": base,
