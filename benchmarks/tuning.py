@@ -115,6 +115,10 @@ def pruning(root, warm, args, seed: int, pruner: str) -> dict:
     ]
     if pruner == "median":
         extra.append("tune.pruner_options={n_startup_trials: 3, n_warmup_steps: 0}")
+    if pruner == "successive_halving":  # rungs at eval_every, 3x, 9x ... steps; keep the top 1/3
+        extra.append(
+            f"tune.pruner_options={{min_resource: {args.eval_every}, reduction_factor: 3}}"
+        )
     ctx = study_ctx(root, f"prune-{pruner}-s{seed}", warm, args, extra)
     t0 = time.perf_counter()
     study = work(ctx)
@@ -157,8 +161,10 @@ def main() -> None:
     ap.add_argument("--prune-trials", type=int, default=10)
     ap.add_argument("--prune-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument("--pruners", nargs="+", default=["median"], help="compared with none")
     ap.add_argument("--root", type=Path, default=Path("runs/bench-tuning"))
     ap.add_argument("--skip-pruning", action="store_true")
+    ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--multi-trials", type=int, default=18, help="NSGA-II study (0: skip)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -167,7 +173,7 @@ def main() -> None:
     warm = warmup(args.root)
     print(f"warm-up: {warm} ({time.perf_counter() - t0:.0f} s)", flush=True)
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "search": {}}
-    for sampler in args.samplers:
+    for sampler in [] if args.skip_search else args.samplers:
         for seed in args.seeds:
             n, values = trials_to_target(args.root, warm, args, sampler, seed)
             results["search"][f"{sampler}/{seed}"] = {"trials": n, "values": values}
@@ -176,29 +182,34 @@ def main() -> None:
                 f"({', '.join(f'{v:.2f}' for v in values)})",
                 flush=True,
             )
-    miss = args.max_trials + 1
-    print(
-        f"\n## Trials to level-2 accuracy >= {args.target} ({args.steps} GRPO steps per "
-        f"trial, {platform.machine()} CPU, {os.cpu_count()} cores)\n"
-    )
-    print("| sampler | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | vs random |")
-    print("|---|" + "---|" * (len(args.seeds) + 2))
-    means = {}
-    for sampler in args.samplers:
-        ns = [results["search"][f"{sampler}/{s}"]["trials"] for s in args.seeds]
-        means[sampler] = statistics.mean(n or miss for n in ns)
-    for sampler in args.samplers:
-        ns = [results["search"][f"{sampler}/{s}"]["trials"] for s in args.seeds]
-        cells = [str(n) if n else f">{args.max_trials}" for n in ns]
-        ratio = means[sampler] / means["random"] if "random" in means else float("nan")
-        print(f"| {sampler} | " + " | ".join(cells) + f" | {means[sampler]:.1f} | {ratio:.2f}x |")
+    if not args.skip_search:
+        miss = args.max_trials + 1
+        print(
+            f"\n## Trials to level-2 accuracy >= {args.target} ({args.steps} GRPO steps per "
+            f"trial, {platform.machine()} CPU, {os.cpu_count()} cores)\n"
+        )
+        print(
+            "| sampler | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | vs random |"
+        )
+        print("|---|" + "---|" * (len(args.seeds) + 2))
+        means = {}
+        for sampler in args.samplers:
+            ns = [results["search"][f"{sampler}/{s}"]["trials"] for s in args.seeds]
+            means[sampler] = statistics.mean(n or miss for n in ns)
+        for sampler in args.samplers:
+            ns = [results["search"][f"{sampler}/{s}"]["trials"] for s in args.seeds]
+            cells = [str(n) if n else f">{args.max_trials}" for n in ns]
+            ratio = means[sampler] / means["random"] if "random" in means else float("nan")
+            print(
+                f"| {sampler} | " + " | ".join(cells) + f" | {means[sampler]:.1f} | {ratio:.2f}x |"
+            )
     if not args.skip_pruning:
         print(f"\n## TPE, {args.prune_trials} trials, evaluated every {args.eval_every} steps\n")
         print("| pruner | seed | wall clock (s) | trials pruned | best level-2 accuracy |")
         print("|---|---|---|---|---|")
         rows = {}
         for seed in args.prune_seeds:
-            for pruner in ("none", "median"):
+            for pruner in ("none", *args.pruners):
                 r = pruning(args.root, warm, args, seed, pruner)
                 rows[(pruner, seed)] = r
                 results.setdefault("pruning", {})[f"{pruner}/{seed}"] = r
@@ -206,8 +217,9 @@ def main() -> None:
                     f"| {pruner} | {seed} | {r['wall']:.0f} | {r['pruned']} | {r['best']:.3f} |",
                     flush=True,
                 )
-        walls = {p: sum(rows[(p, s)]["wall"] for s in args.prune_seeds) for p in ("none", "median")}
-        print(f"\nwall clock without / with pruning: {walls['none'] / walls['median']:.2f}x")
+        for p in args.pruners:
+            walls = {q: sum(rows[(q, s)]["wall"] for s in args.prune_seeds) for q in ("none", p)}
+            print(f"\nwall clock without / with {p} pruning: {walls['none'] / walls[p]:.2f}x")
     if args.multi_trials:
         m = multi_objective(args.root, warm, args)
         results["multi"] = m

@@ -119,15 +119,19 @@ def train(
     with _user_errors():
         overrides = [*(overrides or []), *(["logging.progress=false"] if quiet else [])]
         cfg, run_dir = _resolve_train_args(recipe, overrides)
+        from steerl import distributed as ddp
+
+        ddp.init(cfg.train.distributed, cfg.model.device)  # under torchrun: join the group
         if run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path(cfg.train.out_dir or f"runs/{cfg.recipe}-{stamp}")
+            run_dir = Path(ddp.broadcast_object(str(run_dir)))  # rank 0's stamp on every rank
 
         from steerl.checkpoint import latest_checkpoint
         from steerl.trainer import Trainer
 
         last = latest_checkpoint(run_dir)
-        if last is not None:
+        if last is not None and ddp.is_main():
             Console(stderr=True).print(f"resuming {run_dir} from {last.name}", highlight=False)
         trainer = Trainer(cfg, run_dir)
         try:
@@ -137,6 +141,11 @@ def train(
                 f"interrupted; resume with: steerl train {run_dir}", style="yellow"
             )
             raise typer.Exit(130) from None
+        finally:
+            main = ddp.is_main()
+            ddp.shutdown()
+        if not main:
+            return
 
     console.print(accuracy_table(summary.get("warmup"), summary.get("final")))
     if not summary.get("completed", summary.get("final") is not None):

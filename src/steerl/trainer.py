@@ -15,7 +15,7 @@ import os
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from steerl import checkpoint as ckpt
+from steerl import distributed as ddp
 from steerl.config import Config, ConfigError, RewardSpec
 from steerl.curriculum import build_curriculum, curriculum_metrics, sample_groups
+from steerl.curriculum.filters import cat_rollouts
 from steerl.logging import ConsoleProgress, MetricLogger
 from steerl.logprobs import completion_logprobs
 from steerl.losses import (
@@ -34,11 +36,11 @@ from steerl.losses import (
     PairInputs,
     build_aux_terms,
     build_policy_loss,
-    global_counts,
     kl_estimate,
     loss_requirements,
     sft_loss,
 )
+from steerl.losses.base import loss_mask
 from steerl.models import load_policy, make_reference
 from steerl.objectives import build_balancer, build_combiner
 from steerl.objectives.advantages import compute_advantages
@@ -114,12 +116,14 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.callbacks = list(callbacks or [])
         self.should_stop = False
-        problems = loss_requirements(cfg)
+        # data-parallel under torchrun: join the process group, refuse what would not add up
+        ddp.init(cfg.train.distributed, cfg.model.device)
+        problems = loss_requirements(cfg) + ddp.check_config(cfg, ddp.world_size())
         if problems:
             raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
         threads = cfg.train.threads or min(4, torch.get_num_threads())
         torch.set_num_threads(threads)
-        set_seed(cfg.train.seed)
+        set_seed(cfg.train.seed)  # the same on every rank: identical initial weights
 
         # Components, each owning one job and its state.
         self.task = build_task(cfg)
@@ -154,7 +158,10 @@ class Trainer:
             if cfg.schedule.kl_controller is not None
             else None
         )
-        self.sampler = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
+        if ddp.is_active():  # each rank's term values are a share: adaptive weights see sums
+            self.balancer.loss_reduce = ddp.all_sum
+        # each rank samples its own completions; curriculum and demo draws are global
+        self.sampler = torch.Generator(device=self.device).manual_seed(cfg.train.seed + ddp.rank())
         self.demo_rng = random.Random(cfg.train.seed + 1)
         self.state = TrainerState()
         self.optimizer = self._make_optimizer("warmup" if cfg.warmup.steps else "rl")
@@ -185,7 +192,17 @@ class Trainer:
         return self.cfg.warmup.steps + self.cfg.train.steps
 
     def _generators(self) -> dict[str, torch.Generator]:
-        return {"sampler": self.sampler}
+        """This rank's generators under their checkpoint names (rank r > 0: sampler_rank<r>)."""
+        r = ddp.rank()
+        return {"sampler" if r == 0 else f"sampler_rank{r}": self.sampler}
+
+    def _all_generators(self) -> dict[str, torch.Generator]:
+        """Every rank's generators, for rank 0 to write (one process: its own)."""
+        states = ddp.all_gather_objects(self.sampler.get_state())
+        out = {"sampler": self.sampler}
+        for r, st in enumerate(states[1:], start=1):
+            out[f"sampler_rank{r}"] = torch.Generator(self.sampler.device).set_state(st)
+        return out
 
     def component_states(self) -> dict[str, Any]:
         return {
@@ -225,10 +242,12 @@ class Trainer:
         from safetensors.torch import save_model
 
         self.reference.load_state_dict(self.model.state_dict())
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / f".tmp-{REFERENCE_FILE}"
-        save_model(self.reference, str(tmp))
-        os.replace(tmp, self.run_dir / REFERENCE_FILE)
+        if ddp.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.run_dir / f".tmp-{REFERENCE_FILE}"
+            save_model(self.reference, str(tmp))
+            os.replace(tmp, self.run_dir / REFERENCE_FILE)
+        ddp.barrier()
 
     def _restore_reference(self) -> None:
         """On resume into RL after a warm-up: the reference saved when RL started."""
@@ -249,16 +268,22 @@ class Trainer:
         self._start_reference()  # resumed at the warm-up/RL boundary: the same weights
 
     def save(self) -> Path:
-        return ckpt.save_checkpoint(
-            self.run_dir,
-            self.state.global_step,
-            self.model,
-            self.tokenizer,
-            self.optimizer,
-            {"trainer": asdict(self.state), "components": self.component_states()},
-            self._generators(),
-            keep=self.cfg.train.keep_checkpoints,
-        )
+        """Rank 0 writes the checkpoint (with every rank's sampler); the others wait for it."""
+        generators = self._all_generators()
+        path = self.run_dir / ckpt.CKPT_DIR / f"step_{self.state.global_step}"
+        if ddp.is_main():
+            path = ckpt.save_checkpoint(
+                self.run_dir,
+                self.state.global_step,
+                self.model,
+                self.tokenizer,
+                self.optimizer,
+                {"trainer": asdict(self.state), "components": self.component_states()},
+                generators,
+                keep=self.cfg.train.keep_checkpoints,
+            )
+        ddp.barrier()
+        return path
 
     # ------------------------------------------------------------------ batches
     def make_batch(self, prompts: list[str], completions: list[str]) -> Rollout:
@@ -285,6 +310,8 @@ class Trainer:
         pool = self._warmup_pool()
         prompts = [pool[self.demo_rng.randrange(len(pool))] for _ in range(w.batch_size)]
         demos = [self.task.demonstration(p, self.demo_rng) for p in prompts]
+        # under torchrun: the same draw on every rank, each trains on its slice
+        prompts, demos = ddp.shard(prompts), ddp.shard(demos)
         batch = self.make_batch([p.text for p in prompts], demos)
         lr = w.lr * WarmupDecay(w.schedule, w.steps, 0, w.min_lr_ratio).value(
             self.state.warmup_step
@@ -294,8 +321,10 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         lp, _ = completion_logprobs(self.model, batch)
-        loss, _ = sft_loss(lp, batch.completion_mask, float(batch.completion_mask.sum()))
+        (tokens,) = ddp.all_sum([float(batch.completion_mask.sum())])
+        loss, _ = sft_loss(lp, batch.completion_mask, tokens)
         loss.backward()
+        ddp.all_reduce_grads(self.model.parameters())
         pre, _ = grad_norm_and_clip(self.model.parameters(), self.cfg.stability.max_grad_norm)
         self.optimizer.step()
         self.state.warmup_step += 1
@@ -304,7 +333,7 @@ class Trainer:
             self._start_reference()
         return {
             "phase": "warmup",
-            "warmup/loss": float(loss.detach()),
+            "warmup/loss": ddp.all_sum([float(loss.detach())])[0],
             "warmup/lr": lr,
             "warmup/grad_norm": pre,
         }
@@ -329,8 +358,9 @@ class Trainer:
         #      DAPO dynamic sampling, rounds of further prompts refill the groups whose rewards
         #      do not vary (curriculum.max_refill_rounds; steerl.curriculum.filters)
         #      (judged on what the advantages come from: objectives.combine and preference)
+        #      Under torchrun every rank draws the same prompts and takes its share of them.
         groups = sample_groups(
-            sample=lambda n: self.curriculum.sample(n, step),
+            sample=lambda n: ddp.shard(self.curriculum.sample(n, step)),
             generate=self._generate,
             score=lambda prompts, comps: self._score(prompts, comps, step, reward_weights),
             batch_size=B,
@@ -348,51 +378,71 @@ class Trainer:
         adv, ref_lp, kl_metrics = self._advantages(batch, scored, reward_weights)
 
         # 5. curriculum update with what every sampled group taught us (dropped ones too):
-        #    the first reward's scores (pass rates) and the advantages, (groups, G) each
+        #    the first reward's scores (pass rates) and the advantages, (groups, G) each,
+        #    gathered from every rank in rank order (the order of the global draw)
+        prompt_ids = [i for part in ddp.all_gather_objects(groups.prompt_ids) for i in part]
         self.curriculum.update(
-            groups.prompt_ids, groups.pass_rewards(), step, advantages=adv.view(-1, G)
+            prompt_ids,
+            ddp.cat_ranks(groups.pass_rewards()),
+            step,
+            advantages=ddp.cat_ranks(adv.view(-1, G)),
         )
+        all_reward = ddp.cat_ranks(reward)  # the whole batch's rewards, for metrics
 
-        # 6. train on the informative groups only (at most B, chosen in 1-3)
+        # 6. train on the informative groups only (at most B, chosen in 1-3); under torchrun
+        #    with dynamic sampling the kept groups are dealt out again in equal shares
         rows, kept = groups.kept_rows(), groups.kept_prompts()
+        train = (
+            batch.index(rows),
+            adv[rows],
+            None if ref_lp is None else ref_lp[rows],
+            reward[rows],
+            kept,
+        )
+        if ddp.is_active() and cfg.curriculum.drop_zero_variance:
+            train = self._rebalance(*train)
+        t_batch, t_adv, t_ref, t_reward, kept = train
 
         # 7-9. losses -> balancer (backward) -> stability -> optimizer
         t1 = time.perf_counter()
         update = {}
-        if len(rows):
+        if len(kept):
             update = self._policy_update(
-                batch.index(rows),
-                adv[rows],
-                ref_lp=None if ref_lp is None else ref_lp[rows],
-                aux=self._aux_batch(reward[rows], kept),
+                t_batch,
+                t_adv,
+                ref_lp=t_ref,
+                aux=self._aux_batch(t_reward, kept),
                 step=step,
                 lr=lr,
-                reward=reward,
+                reward=all_reward,
             )
         t_upd = time.perf_counter() - t1
 
         self.state.rl_step += 1
-        self.state.generated_tokens += batch.num_tokens
+        (tokens,) = ddp.all_sum([float(batch.num_tokens)])  # generated on all ranks
+        t_gen = max(ddp.all_gather_objects(t_gen))  # the ranks generate side by side
+        self.state.generated_tokens += int(tokens)
         self.state.generate_seconds += t_gen
-        scored_r = reward[~reward.isnan()]
+        scored_r = all_reward[~all_reward.isnan()]
         m.update(
             {
                 "train/reward": float(scored_r.mean()) if len(scored_r) else float("nan"),
                 "train/reward_std": float(scored_r.std()) if len(scored_r) > 1 else 0.0,
-                "train/unscored": float(reward.isnan().float().mean()),
-                "train/kept_groups": len(kept) / B,
+                "train/unscored": float(all_reward.isnan().float().mean()),
+                "train/kept_groups": groups.metrics["curriculum/kept_groups"] / B,
                 "train/completion_length": float(batch.completion_mask.sum(-1).float().mean()),
                 "train/truncated": float(batch.truncated.float().mean()),
                 "train/lr": lr,
                 "time/generate_s": t_gen,
                 "time/update_s": t_upd,
-                "time/generate_tokens_per_s": batch.num_tokens / max(t_gen, 1e-9),
+                "time/generate_tokens_per_s": tokens / max(t_gen, 1e-9),
             }
         )
         m.update({f"train/{k}": v for k, v in scored.metrics.items()})
         m.update(kl_metrics)
         m.update(groups.metrics | curriculum_metrics(self.curriculum))
         m.update(update)
+        m = ddp.mean_metrics(m)  # under torchrun: every rank reads the same (global) metrics
 
         # 10. stability monitors that read the whole step (plateau, late guards), KL control
         m.update(self.stability.step_metrics(step))
@@ -546,6 +596,54 @@ class Trainer:
     ) -> torch.Tensor:
         return torch.cat([completion_logprobs(model, batch.index(idx))[0] for idx in plan])
 
+    def _rebalance(self, batch, adv, ref_lp, reward, kept):
+        """Under torchrun: the kept groups of all ranks, dealt out in equal contiguous shares.
+
+        Dynamic sampling keeps a different number of groups on each rank; this gathers them
+        (through the CPU: token ids, masks, log-probs, advantages, rewards) and gives rank r the
+        groups ``r*K//world .. (r+1)*K//world`` of the K kept. When K is smaller than the
+        number of ranks, no rank trains this step (every rank sees the same K).
+        """
+        G = self.cfg.rollout.group_size
+        cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
+        mine = (
+            Rollout(*(cpu(getattr(batch, f.name)) for f in fields(batch))),
+            cpu(adv),
+            cpu(ref_lp),
+            cpu(reward),
+            kept,
+        )
+        parts = [p for p in ddp.all_gather_objects(mine) if len(p[4])]
+        K, w, r = sum(len(p[4]) for p in parts), ddp.world_size(), ddp.rank()
+        if K < w:
+            return batch.index(torch.arange(0)), adv[:0], ref_lp, reward[:0], []
+        pad = self.tokenizer.pad_token_id
+        full = cat_rollouts([p[0] for p in parts], pad)
+        width = full.completion_ids.shape[1]
+
+        def cat_rows(i: int, value: float) -> torch.Tensor | None:
+            if parts[0][i] is None:
+                return None
+            ts = [p[i] for p in parts]
+            if ts[0].dim() == 2:  # (rows, T): right-pad to the common completion width
+                ts = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in ts]
+            return torch.cat(ts)
+
+        all_adv, all_ref, all_reward = cat_rows(1, 0.0), cat_rows(2, 0.0), cat_rows(3, 0.0)
+        all_kept = [p for part in parts for p in part[4]]
+        g0, g1 = r * K // w, (r + 1) * K // w
+        rows = torch.arange(g0 * G, g1 * G)
+        dev = self.device
+        share = full.index(rows)
+        share = Rollout(*(getattr(share, f.name).to(dev) for f in fields(share)))
+        return (
+            share,
+            all_adv[rows].to(adv.device),
+            None if all_ref is None else all_ref[rows].to(dev),
+            all_reward[rows],
+            all_kept[g0:g1],
+        )
+
     def _aux_batch(self, reward: torch.Tensor, prompts: list[Prompt]) -> _AuxBatch | None:
         """Data of the ``loss.aux`` terms for the kept groups (one prompt per group).
 
@@ -564,7 +662,8 @@ class Trainer:
                     [prompts[g].text for g in groups], [str(prompts[g].answer) for g in groups]
                 )
                 aux.demo_group = torch.tensor(groups)
-                aux.demo_tokens = float(aux.demos.completion_mask.sum())
+            demo_tokens = float(aux.demos.completion_mask.sum()) if groups else 0.0
+            aux.demo_tokens = max(ddp.all_sum([demo_tokens])[0], 1.0)
         if "pairs" in kinds:
             r = reward.view(-1, G)
             hi, lo = r.nan_to_num(-math.inf), r.nan_to_num(math.inf)
@@ -572,7 +671,7 @@ class Trainer:
             chosen = groups * G + hi.argmax(-1)[groups]
             rejected = groups * G + lo.argmin(-1)[groups]
             aux.pairs = torch.stack([groups, chosen, rejected], -1)
-            aux.num_pairs = float(len(groups))
+            aux.num_pairs = ddp.all_sum([float(len(groups))])[0]
         return aux
 
     def _policy_update(
@@ -595,8 +694,12 @@ class Trainer:
         self.model.train()
         plan = self._micro_batches(batch.completion_ids.shape[0])
         mask = batch.completion_mask.float()
-        total_tokens, total_seqs = global_counts(mask, batch.truncated, lc.mask_truncated)
-        all_tokens = float(mask.sum())
+        # denominators over the global batch (summed over ranks under torchrun)
+        lm = loss_mask(mask, batch.truncated, lc.mask_truncated)
+        tokens, seqs, all_tokens = ddp.all_sum(
+            [float(lm.sum()), float((lm.sum(-1) > 0).sum()), float(mask.sum())]
+        )
+        total_tokens, total_seqs = max(tokens, 1.0), max(seqs, 1.0)
         # importance ratios of later epochs are against the policy that sampled the batch
         old_lp = self._logprobs_no_grad(self.model, batch, plan) if lc.epochs > 1 else None
         if ref_lp is None and self.reference is not None:
@@ -623,9 +726,12 @@ class Trainer:
             except BaseException:
                 self.balancer.abort_step()
                 raise
+            # under torchrun: each rank holds a share of the terms and of the gradient
+            term_values, sums = ddp.sum_dicts(term_values), ddp.sum_dicts(sums)
             loss_sum = sum(term_values.values())
             # balancer: aggregate per-objective gradients (gradient-level balancers), weights
             weights = self.balancer.end_step()
+            ddp.all_reduce_grads(self.model.parameters())  # sum over ranks (no-op alone)
             # stability: clip, then judge the update (non-finite, spikes, guards)
             clip = self.stability.clip(self.model.parameters())
             known = {f"train/{k}": v for k, v in sums.items()}
@@ -738,7 +844,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy on the held-out prompts, per difficulty level."""
         cfg = self.cfg
-        prompts = self.task.eval
+        prompts = ddp.shard_uneven(self.task.eval)  # under torchrun: each rank a share
         max_new = cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens
         scores: list[float] = []
         chunk = 512
@@ -759,22 +865,27 @@ class Trainer:
             comps = decode_completions(self.tokenizer, out)
             res = self.eval_rewards.score([p.text for p in part], comps, _prompt_fields(part), -1)
             scores.extend(res.scores[:, 0].nan_to_num(0.0).tolist())
+        levels = [p.level for p in prompts]
+        pairs = [x for part in ddp.all_gather_objects(list(zip(levels, scores))) for x in part]
         by_level: dict[str, list[float]] = {}
-        for p, s in zip(prompts, scores):
-            by_level.setdefault(str(p.level), []).append(s)
+        for level, s in pairs:
+            by_level.setdefault(str(level), []).append(s)
         return {k: sum(v) / len(v) for k, v in sorted(by_level.items(), key=lambda kv: int(kv[0]))}
 
     # ------------------------------------------------------------------ the run
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-        # which parameters get aggregated gradients and which the plain weighted sum
-        (self.run_dir / "balancer.json").write_text(
-            json.dumps(self.balancer.describe(), indent=1, default=str)
-        )
+        main = ddp.is_main()  # under torchrun rank 0 alone writes the run directory
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+            # which parameters get aggregated gradients and which the plain weighted sum
+            (self.run_dir / "balancer.json").write_text(
+                json.dumps(self.balancer.describe(), indent=1, default=str)
+            )
+        ddp.barrier()
         resumed = self.resume()
-        logger = MetricLogger(
+        logger = (MetricLogger if main else _NullLogger)(
             self.run_dir,
             cfg.logging,
             cfg.model_dump(mode="json"),
@@ -783,7 +894,7 @@ class Trainer:
         start = time.perf_counter() - self.state.wall_seconds
         for cb in self.callbacks:
             cb.on_train_start(self)
-        progress = ConsoleProgress(enabled=cfg.logging.progress)
+        progress = ConsoleProgress(enabled=cfg.logging.progress and main)
         try:
             with progress:
                 self._loop(logger, progress, start)
@@ -831,6 +942,8 @@ class Trainer:
             self.state.final_eval = self._eval_and_log(logger, "final")
             self.state.wall_seconds = time.perf_counter() - start
             self.save()
+        if not ddp.is_main():
+            return
         self._write_summary()
         if cfg.logging.report:
             from steerl.report import build_report
@@ -869,6 +982,7 @@ class Trainer:
             self._samples = None
         for cb in self.callbacks:
             cb.on_step_end(self, step, m)
+        self.should_stop = ddp.any_rank(self.should_stop)  # a stop on one rank stops all
         se = self.cfg.train.save_every
         boundary = self.state.warmup_step == self.cfg.warmup.steps and self.state.rl_step == 0
         if (se and step % se == 0) or boundary:
@@ -894,6 +1008,15 @@ class Trainer:
 
     def _write_summary(self) -> None:
         (self.run_dir / "summary.json").write_text(json.dumps(self.summary(), indent=1))
+
+
+class _NullLogger:
+    """The metric sinks of ranks other than 0 under torchrun: nothing is written."""
+
+    def __init__(self, *args: Any, **kwargs: Any): ...
+    def log(self, step: int, metrics: dict[str, Any]) -> None: ...
+    def log_samples(self, step: int, samples: Any) -> None: ...
+    def close(self) -> None: ...
 
 
 def _prompt_fields(prompts: list[Prompt]) -> dict[str, list[Any]]:

@@ -15,6 +15,11 @@ smaller than requested; that is logged (``curriculum/short_batch``,
 A refill round asks for ``ceil(missing / keep_rate)`` prompts (the keep rate of the rounds so
 far), at most ``batch_size``: a cheap round when most groups are informative, a full one when
 few are.
+
+Under ``torchrun`` (:mod:`steerl.distributed`) every count here is global: ``sample(n)``
+returns this rank's share of ``n`` prompts (``n`` rounded up to a multiple of the ranks),
+refill decisions use the informative groups of all ranks, and the groups kept are the first
+``batch_size`` informative ones in the global order (round, rank, group), so all ranks agree.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from steerl import distributed as ddp
 from steerl.config import CurriculumConfig
 from steerl.objectives.advantages import group_std
 from steerl.rewards import RewardResult
@@ -108,7 +114,8 @@ def sample_groups(
 ) -> SampledGroups:
     """Sample, generate and score groups until ``batch_size`` are informative or the cap.
 
-    ``sample(n)``: n prompts from the curriculum; ``generate(prompts)``: their G completions
+    ``sample(n)``: n prompts from the curriculum (under torchrun: this rank's share of the n
+    drawn on every rank); ``generate(prompts)``: their G completions
     each (a Rollout of n*G rows and the decoded texts); ``score(prompts, completions)``: the
     combined reward (n*G,) and every reward's scores. ``signal(scored)``: every reward's scores
     (N, K) over the rows sampled so far in the step -> what the advantages are computed from,
@@ -132,7 +139,8 @@ def sample_groups(
     rounds: list[tuple[list[Prompt], Rollout, list[str], torch.Tensor, RewardResult]] = []
     t_gen = 0.0
     kept = 0
-    n_groups = 0
+    n_groups = 0  # over all ranks
+    world = ddp.world_size()
     n = batch_size
     while True:
         prompts = sample(n)
@@ -141,30 +149,32 @@ def sample_groups(
         t_gen += time.perf_counter() - t0
         reward, scored = score(prompts, completions)
         rounds.append((prompts, batch, completions, reward, scored))
-        n_groups += len(prompts)
+        n_groups += len(prompts) * world
         if not cfg.drop_zero_variance:
             break
-        kept = int(informative(rounds).sum())
+        kept = int(ddp.all_sum([float(informative(rounds).sum())])[0])
         if kept >= batch_size or len(rounds) > cfg.max_refill_rounds:
             break
         rate = kept / n_groups
         n = min(batch_size, math.ceil((batch_size - kept) / rate)) if rate > 0 else batch_size
+        n = math.ceil(n / world) * world  # an equal share for every rank
 
     prompts = [p for r in rounds for p in r[0]]
     reward = torch.cat([r[3] for r in rounds])
     if cfg.drop_zero_variance:
         useful = informative(rounds)
-        keep = useful & (useful.cumsum(0) <= batch_size)  # the first batch_size
+        before = _informative_before(useful, [len(r[0]) for r in rounds])
+        keep = useful & (before < batch_size)  # the first batch_size (globally)
     else:
         useful = keep = torch.ones(len(prompts), dtype=torch.bool)
-    n_keep = int(keep.sum())
+    n_useful, n_keep = (int(x) for x in ddp.all_sum([float(useful.sum()), float(keep.sum())]))
     cap_hit = n_keep < batch_size
     if cap_hit and cfg.max_refill_rounds:
         warnings.warn(SHORT_BATCH_WARNING, CurriculumWarning, stacklevel=3)
     metrics = {
-        "curriculum/filtered_fraction": 1.0 - float(useful.float().mean()),
+        "curriculum/filtered_fraction": 1.0 - n_useful / n_groups,
         "curriculum/refill_rounds": float(len(rounds) - 1),
-        "curriculum/sampled_groups": float(len(prompts)),
+        "curriculum/sampled_groups": float(n_groups),
         "curriculum/kept_groups": float(n_keep),
         "curriculum/missing_groups": float(batch_size - n_keep),
         "curriculum/short_batch": float(cap_hit),
@@ -183,6 +193,22 @@ def sample_groups(
         generate_seconds=t_gen,
         metrics=metrics,
     )
+
+
+def _informative_before(useful: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """(groups,) how many informative groups come before each of this rank's groups in the
+    global order: round by round, within a round rank by rank (one process: a cumsum)."""
+    per_round = [int(c.sum()) for c in useful.split(sizes)]
+    counts = ddp.all_gather_objects(per_round)  # [rank][round]
+    r = ddp.rank()
+    out, offset, start = [], 0, 0
+    for j, size in enumerate(sizes):
+        lower = sum(c[j] for c in counts[:r])  # this round, on lower ranks
+        u = useful[start : start + size].long()
+        out.append(offset + lower + u.cumsum(0) - u)
+        offset += sum(c[j] for c in counts)
+        start += size
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 def cat_rollouts(parts: list[Rollout], pad_token_id: int = 0) -> Rollout:

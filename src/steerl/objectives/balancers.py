@@ -69,7 +69,7 @@ exp(+-max_log_var)), because for l_i -> 0 its optimum exp(-s_i) = 1 / l_i is unb
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -136,6 +136,8 @@ class Balancer:
     name = "balancer"
     needs_hooks = False  # begin_step / end_step are required
     needs_model = False  # bind(model) is required
+    #: set by the trainer under torchrun: sums the step's term values over ranks (in place)
+    loss_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __init__(
         self,
@@ -239,7 +241,10 @@ class Balancer:
         if not self._acc:
             return None
         keys = list(self._acc)
-        values = torch.stack([self._acc[k].float().reshape(()) for k in keys]).tolist()
+        stacked = torch.stack([self._acc[k].float().reshape(()) for k in keys])
+        if self.loss_reduce is not None:  # data-parallel: each rank holds a share of the sum
+            stacked = self.loss_reduce(stacked)
+        values = stacked.tolist()
         self._acc = {}
         if not all(math.isfinite(v) for v in values):
             return None

@@ -1,0 +1,225 @@
+"""Data-parallel GRPO steps: one GPU against N GPUs (torchrun) at the same global batch.
+
+The model and reward are gpu_step.py's anchor (a random Qwen2.5-0.5B-shaped model, bf16, the
+share of digits as reward, EOS off so every completion is full length). Each configuration
+runs the real ``Trainer.rl_step`` under ``torchrun --nproc_per_node n`` on the same global
+batch (``--prompts`` x ``--group``): with n ranks each samples, scores and backpropagates
+``prompts / n`` groups, and the gradients are summed over ranks before clipping.
+
+Printed: step time (median/min/max of the timed steps, after warm-up steps with CUDA-graph
+capture), completion tokens per second of the whole step, the speed-up over one GPU, and the
+per-step curves of reward, loss and gradient norm. The ranks sample with seeds ``seed +
+rank``, so the N-GPU run draws other completions than the 1-GPU run; a second 1-GPU run with
+another seed (``--noise``) shows how far two runs that should agree drift apart by chance.
+
+    python benchmarks/ddp_step.py --gpus 2                 # on a machine with 2 GPUs
+    python benchmarks/ddp_step.py --tiny --device cpu      # small shapes, gloo, 2 processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_step  # noqa: E402  (registers the bench_digits reward)
+
+from steerl import distributed as ddp  # noqa: E402
+from steerl.config import load_config  # noqa: E402
+
+
+def worker(args) -> None:
+    """One configuration, as a rank under torchrun: rank 0 writes the numbers to --json."""
+    from steerl.trainer import Trainer
+
+    anchor = Path(args.anchor)
+    if args.device == "cuda":
+        # gpu_step.probe_attention: SDPA's memory-efficient backward gave non-finite
+        # gradients on this random model; flash/math are used in every run here
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+    overrides = [
+        f"model.name={anchor / 'model'}",
+        f"model.device={args.device}",
+        "model.reference=none",
+        "task.kind=file",
+        f"task.path={anchor / 'p.jsonl'}",
+        "rewards=[{name: bench_digits}]",
+        "warmup.steps=0",
+        f"train.steps={args.warmup + args.steps}",
+        f"train.seed={args.seed}",
+        "train.threads=4",
+        f"rollout.prompts_per_step={args.prompts}",
+        f"rollout.group_size={args.group}",
+        f"rollout.max_new_tokens={args.new_tokens}",
+        "rollout.ignore_eos=true",
+        "rollout.temperature=1.0",
+        "loss.kl_coef=0",
+        "curriculum.drop_zero_variance=false",
+        f"loss.micro_batch_size={args.micro_batch}",
+        f"model.gradient_checkpointing={str(args.device == 'cuda').lower()}",
+        f"optim.lr={args.lr}",
+        "logging.tensorboard=false",
+        "logging.report=false",
+        "logging.progress=false",
+        "logging.samples_every=0",
+    ]
+    cfg = load_config("default", overrides)
+    cuda = args.device == "cuda"
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, run_dir)
+        rows = []
+        for i in range(args.warmup + args.steps):
+            if cuda:
+                torch.cuda.synchronize()
+                if i == args.warmup:
+                    torch.cuda.reset_peak_memory_stats()
+            ddp.barrier()
+            t0 = time.perf_counter()
+            m = trainer.rl_step()
+            if cuda:
+                torch.cuda.synchronize()
+            ddp.barrier()
+            rows.append(
+                {
+                    "step_s": time.perf_counter() - t0,
+                    "timed": i >= args.warmup,
+                    "reward": m["train/reward"],
+                    "loss": m.get("train/loss", float("nan")),
+                    "grad_norm": m.get("train/grad_norm", float("nan")),
+                    "generate_s": m["time/generate_s"],
+                    "update_s": m["time/update_s"],
+                    "tokens": m["train/completion_length"] * args.prompts * args.group,
+                    "action": m.get("stability/action"),
+                }
+            )
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        peaks = ddp.all_gather_objects(peak)
+        if ddp.is_main():
+            out = {"world": ddp.world_size(), "seed": args.seed, "rows": rows, "peak_gib": peaks}
+            Path(args.json).write_text(json.dumps(out))
+    ddp.shutdown()
+
+
+def launch(args, anchor: Path, n: int, seed: int, out: Path) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+        str(Path(__file__).resolve()),
+        "--worker",
+        f"--anchor={anchor}",
+        f"--json={out}",
+        f"--seed={seed}",
+        *[f"--{k.replace('_', '-')}={v}" for k, v in _shared(args).items()],
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="4")
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, timeout=args.timeout)
+    print(f"{n} process(es), seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
+    return json.loads(out.read_text())
+
+
+def _shared(args) -> dict:
+    keys = ("device", "steps", "warmup", "prompts", "group", "new_tokens", "micro_batch", "lr")
+    return {k: getattr(args, k) for k in keys} | {"prompt_len": args.prompt_len}
+
+
+def table(runs: list[tuple[str, dict]], card: str, args) -> str:
+    lines = [f"card: {card}; torch {torch.__version__}"]
+    lines.append(
+        f"setup: global batch {args.prompts} prompts x {args.group} samples, {args.prompt_len} "
+        f"prompt tokens, {args.new_tokens} new tokens (EOS off), micro-batch {args.micro_batch}, "
+        f"lr {args.lr}, {args.steps} timed steps after {args.warmup} warm-up"
+    )
+    head = "| run | GPUs | step s median | min | max | completion tok/s | speed-up | peak GiB/rank"
+    head += " |"
+    lines += ["", head, "|---|---|---|---|---|---|---|---|"]
+    base = None
+    for name, r in runs:
+        timed = [x for x in r["rows"] if x["timed"]]
+        ts = [x["step_s"] for x in timed]
+        med = statistics.median(ts)
+        tps = statistics.median(x["tokens"] for x in timed) / med
+        base = base or med
+        peak = max(r["peak_gib"])
+        lines.append(
+            f"| {name} | {r['world']} | {med:.3f} | {min(ts):.3f} | {max(ts):.3f} | "
+            f"{tps:,.0f} | {base / med:.2f}x | {peak:.2f} |"
+        )
+    lines += ["", "per step (all steps, warm-up included):", ""]
+    names = [n for n, _ in runs]
+    lines.append(
+        "| step | "
+        + " | ".join(f"{k} ({n})" for k in ("reward", "loss", "grad norm") for n in names)
+        + " |"
+    )
+    lines.append("|---" * (1 + 3 * len(runs)) + "|")
+    for i in range(len(runs[0][1]["rows"])):
+        vals = [r["rows"][i][k] for k in ("reward", "loss", "grad_norm") for _, r in runs]
+        lines.append(f"| {i + 1} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    lines.append("")
+    for name, r in runs:
+        xs = r["rows"]
+        rw = [x["reward"] for x in xs]
+        acts = {x["action"] for x in xs}
+        lines.append(
+            f"{name}: mean reward {statistics.mean(rw):.4f}, last-half mean "
+            f"{statistics.mean(rw[len(rw) // 2 :]):.4f}, updates {sorted(map(str, acts))}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--anchor", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--json", default=None, help="write every number here")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tiny", action="store_true", help="small shapes (CPU smoke test)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--gpus", type=int, default=2, help="ranks of the data-parallel run")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--prompts", type=int, default=16, help="global prompts per step")
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--micro-batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--no-noise", dest="noise", action="store_false", help="skip seed-1 run")
+    ap.add_argument("--timeout", type=int, default=300, help="seconds per configuration")
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    if args.tiny:
+        args.prompt_len, args.new_tokens = min(args.prompt_len, 16), min(args.new_tokens, 12)
+    card = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU (gloo)"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        anchor = gpu_step.save_anchor(args.tiny, tmp, args.prompts * 4, args.prompt_len)
+        plan = [("1 GPU", 1, 0), (f"{args.gpus} GPUs", args.gpus, 0)]
+        plan += [("1 GPU, seed 1", 1, 1)] if args.noise else []
+        runs = []
+        for name, n, seed in plan:
+            runs.append((name, launch(args, anchor, n, seed, tmp / f"{n}-{seed}.json")))
+            if args.json:  # after each run, so a cut-off command keeps what it measured
+                Path(args.json).write_text(json.dumps({"card": card, "runs": dict(runs)}))
+    print(table(runs, card, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Data-parallel training (torchrun, gloo on the CPU): the same update as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from steerl import distributed as ddp
+from steerl.config import ConfigError, load_config
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "src"))
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _run(args: list[str], cwd: Path) -> None:
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_one_update_on_two_ranks_equals_the_whole_batch_on_one(tmp_path):
+    """Each rank half the groups, global denominators, summed gradients: the same SFT step
+    and RL step (two epochs, KL to the reference, entropy bonus, SFT and DPO auxiliary terms,
+    micro-batches, uncertainty weights)."""
+    worker = str(HERE / "ddp_worker.py")
+    _run([sys.executable, worker, str(tmp_path / "one.pt")], tmp_path)
+    _run([*TORCHRUN, "2", worker, str(tmp_path / "two.pt")], tmp_path)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert (one["params"] - one["start"]).abs().max() > 1e-3  # the update is not trivial
+    torch.testing.assert_close(two["start"], one["start"])  # same initial weights
+    # Adam amplifies float noise where a gradient is ~0; the updates themselves are ~1e-2
+    torch.testing.assert_close(two["params"], one["params"], rtol=0, atol=1e-4)
+    assert two["warmup_loss"] == pytest.approx(one["warmup_loss"], rel=1e-5)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-6)
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
+    assert two["balancer"] == pytest.approx(one["balancer"], rel=1e-6)
+
+
+def test_torchrun_train_writes_one_run_dir_and_resumes_exactly(tmp_path, tiny_overrides):
+    """Rank 0 writes the run; with DAPO dynamic sampling (refill rounds on global counts), a
+    run stopped mid-RL and resumed under torchrun logs what the uninterrupted run logged
+    (every rank's sampler state is in the checkpoint)."""
+    keys = [
+        *tiny_overrides,
+        "curriculum.drop_zero_variance=true",  # refills decided on global counts, kept
+        "curriculum.max_refill_rounds=2",  # groups dealt out again in equal shares
+        "rewards.0.name=length_penalty",  # varies in some groups: refills, non-zero gradients
+        "rewards.0.args={coef: 0.1, target: 5}",
+        "train.steps=3",
+        "train.save_every=1",
+    ]
+    cmd = [*TORCHRUN, "2", "-m", "steerl", "train", "tiny", *keys]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _run([*cmd, f"train.out_dir={full}"], tmp_path)
+    _run([*cmd, f"train.out_dir={cut}", "train.stop_after=5"], tmp_path)
+    _run([*cmd, f"train.out_dir={cut}"], tmp_path)  # resumes from step 5
+
+    for d in (full, cut):
+        assert json.loads((d / "summary.json").read_text())["completed"]
+        assert (d / "config.yaml").is_file() and (d / "checkpoints").is_dir()
+    a, b = _metrics(full), _metrics(cut)
+    assert [m["step"] for m in a] == [m["step"] for m in b]  # nothing logged twice
+    assert any(m.get("curriculum/refill_rounds", 0) > 0 for m in a)  # refills happened
+    train = [k for k in a[-2] if k.startswith("train/") and isinstance(a[-2][k], float)]
+    for ma, mb in zip(a, b):
+        if ma.get("phase") == "rl":
+            assert ma["train/loss"] != 0.0
+            for k in train:
+                assert mb[k] == pytest.approx(ma[k], rel=1e-5, abs=1e-6), (ma["step"], k)
+
+
+def test_options_that_do_not_add_up_over_ranks_fail_at_construction():
+    cfg = load_config(
+        "tiny",
+        [
+            "rollout.prompts_per_step=3",
+            "objectives.balancer=pcgrad",
+            "loss.advantage=batch_std",
+            "objectives.combine=gdpo",
+        ],
+    )
+    text = "\n".join(ddp.check_config(cfg, 2))
+    for key in ("prompts_per_step=3", "balancer=pcgrad", "batch_std", "combine=gdpo"):
+        assert key in text
+    assert ddp.check_config(cfg, 1) == []
+    assert ddp.check_config(load_config("tiny"), 2) == []  # DAPO dynamic sampling included
+
+
+def test_distributed_off_under_torchrun_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="train.distributed"):
+        ddp.init("off", "cpu")
+    assert not ddp.is_active()
+
+
+def test_helpers_are_no_ops_on_one_process():
+    assert ddp.world_size() == 1 and ddp.rank() == 0 and ddp.is_main()
+    assert ddp.shard([1, 2, 3]) == [1, 2, 3]
+    assert ddp.all_sum([1.0, 2.0]) == [1.0, 2.0]
+    assert ddp.mean_metrics({"a": 1.0}) == {"a": 1.0}
+    assert not ddp.any_rank(False)
