@@ -65,10 +65,10 @@ def test_two_workers_share_a_study_and_survive_a_killed_worker(tmp_path, backend
     while not (running := _running(url, study)):
         assert first.poll() is None and time.time() < deadline, "the first worker never started"
         time.sleep(0.2)
-    time.sleep(0.5)
-    first.send_signal(signal.SIGKILL)
+    first.send_signal(signal.SIGKILL)  # the trial has just started: killed mid-trial
     first.wait()
-    killed = running[0].number
+    (killed_trial,) = _running(url, study)  # the one it left RUNNING
+    killed = killed_trial.number
     # 2. two workers run at the same time on the study and finish it
     workers = [_worker(tmp_path, url, study) for _ in range(2)]
     codes = [w.wait(timeout=600) for w in workers]
