@@ -62,10 +62,10 @@ def test_two_workers_share_a_study_and_survive_a_killed_worker(tmp_path, backend
     # 1. a first worker starts a trial and is killed in the middle of it
     first = _worker(tmp_path, url, study)
     deadline = time.time() + 180
-    while not (running := _running(url, study)):
+    while not [t for t in _running(url, study) if t.params]:  # a trial with its parameters
         assert first.poll() is None and time.time() < deadline, "the first worker never started"
         time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)  # the trial has just started: killed mid-trial
+    first.send_signal(signal.SIGKILL)  # the trial is training: killed mid-trial
     first.wait()
     (killed_trial,) = _running(url, study)  # the one it left RUNNING
     killed = killed_trial.number

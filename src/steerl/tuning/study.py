@@ -297,6 +297,31 @@ def accounted(study: Any, before: int | None = None) -> int:
     return sum(1 for t in trials if _counted(t) and (before is None or t.number < before))
 
 
+def _duplicate_retry(trial: Any) -> bool:
+    """Whether this trial re-runs a dead worker's trial that an earlier trial already re-runs.
+
+    Two workers can fail the same stale trial at once and each queue a retry (a race inside
+    Optuna's ``fail_stale_trials``); the later copy is dropped as surplus."""
+    import optuna
+
+    retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number
+    trials = trial.study.get_trials(deepcopy=False)
+    me = next(t for t in trials if t.number == trial.number)
+    origin = retried(me)
+    if origin is None:
+        return False
+    return any(
+        t.number < me.number
+        and retried(t) == origin
+        and not t.user_attrs.get("surplus")
+        and (
+            t.state.name in ("RUNNING", "COMPLETE", "PRUNED", "WAITING")
+            or (t.state.name == "FAIL" and "error" in t.user_attrs)  # not a dead worker's
+        )
+        for t in trials
+    )
+
+
 def trial_config(ctx: TuneContext, params: dict[str, Any], run_dir: Path) -> Config:
     data = copy.deepcopy(ctx.base)
     apply_overrides(data, as_overrides(params))
@@ -309,7 +334,7 @@ def run_trial(ctx: TuneContext, trial: Any) -> list[float]:
     from steerl.trainer import Trainer
 
     tc = ctx.tc
-    if accounted(trial.study, before=trial.number) >= tc.trials:
+    if accounted(trial.study, before=trial.number) >= tc.trials or _duplicate_retry(trial):
         trial.set_user_attr("surplus", True)
         raise _Surplus()
     params = suggest(trial, tc.space)
