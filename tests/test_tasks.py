@@ -245,3 +245,19 @@ def test_bad_json_line_names_the_line(tmp_path):
     path.write_text('{"prompt": "a"}\n{not json\n')
     with pytest.raises(ConfigError, match=r"d\.jsonl:2"):
         FileTask(TaskConfig(kind="file", path=str(path)))
+
+
+def test_train_counts_skew_the_pool_and_keep_the_held_out_prompts():
+    from steerl.config import ConfigError, load_config
+    from steerl.tasks.arithmetic import ArithmeticTask
+
+    base = load_config("default", ["task.arithmetic.train_per_level=300"]).task.arithmetic
+    skew = load_config(
+        "default", ["task.arithmetic.train_per_level=300", "task.arithmetic.train_counts={3: 20}"]
+    ).task.arithmetic
+    a, b = ArithmeticTask(base, seed=0), ArithmeticTask(skew, seed=0)
+    count = {lv: sum(p.level == lv for p in b.train) for lv in (1, 2, 3)}
+    assert count == {1: 300, 2: 300, 3: 20}
+    assert [p.id for p in a.eval] == [p.id for p in b.eval]  # same held-out prompts
+    with pytest.raises(ConfigError, match="train_counts"):
+        load_config("default", ["task.arithmetic.train_counts={4: 10}"])

@@ -48,6 +48,37 @@ class TinyModelConfig(Section):
         return self
 
 
+class LoraConfig(Section):
+    """LoRA adapters via ``peft`` (extra ``steerl[lora]``): only the adapters train.
+
+    Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models" (arXiv:2106.09685):
+    each targeted linear layer ``W`` becomes ``W + (alpha / r) B A``, ``A``: (r, in),
+    ``B``: (out, r), ``B`` starting at zero.
+    """
+
+    enabled: bool = False  # wrap the policy with LoRA adapters (base weights frozen)
+    r: int = Field(8, ge=1)  # rank of each adapter
+    alpha: float = Field(16.0, gt=0)  # scaling numerator: the update is (alpha / r) B A
+    dropout: float = Field(0.0, ge=0, lt=1)  # dropout on the adapters' input while training
+    target_modules: list[str] | str = "all-linear"  # module names, or "all-linear" (no head)
+    modules_to_save: list[str] = []  # further modules trained in full (e.g. ["lm_head"])
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str] | str) -> list[str] | str:
+        if isinstance(v, str) and v != "all-linear":
+            raise ValueError(
+                f"model.lora.target_modules={v!r}: allowed are a list of module names "
+                "(e.g. [q_proj, v_proj]) or the string 'all-linear'"
+            )
+        if isinstance(v, list) and (not v or not all(s.strip() for s in v)):
+            raise ValueError(
+                f"model.lora.target_modules={v!r}: allowed are a non-empty list of module "
+                "names (e.g. [q_proj, v_proj]) or the string 'all-linear'"
+            )
+        return v
+
+
 class ModelConfig(Section):
     name: str = "tiny"  # "tiny" (built-in), a Hugging Face hub id, or a local directory
     tiny: TinyModelConfig = TinyModelConfig()  # shape of the built-in model
@@ -57,6 +88,7 @@ class ModelConfig(Section):
     trust_remote_code: bool = False  # passed to from_pretrained
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template
     gradient_checkpointing: bool = False  # recompute activations in backward
+    lora: LoraConfig = LoraConfig()  # train LoRA adapters instead of the full weights
 
 
 # --------------------------------------------------------------------------- task / data
@@ -65,6 +97,7 @@ class ArithmeticTaskConfig(Section):
 
     levels: list[int] = [1, 2, 3]  # difficulty levels = number of digits per operand
     train_per_level: int = Field(4000, ge=1)  # training prompts drawn per level
+    train_counts: dict[int, int] = {}  # per-level override of train_per_level, e.g. {3: 200}
     eval_per_level: int = Field(200, ge=1)  # held-out prompts per level (never trained on)
     pad: bool = True  # zero-pad operands to the level's width (fixed digit positions)
 
@@ -74,6 +107,19 @@ class ArithmeticTaskConfig(Section):
         if not v or any(lv < 1 or lv > 9 for lv in v):
             raise ValueError(f"levels must be a non-empty list of integers in 1..9, got {v}")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _counts(self) -> ArithmeticTaskConfig:
+        bad = {k: v for k, v in self.train_counts.items() if k not in self.levels or v < 1}
+        if bad:
+            raise ValueError(
+                f"train_counts={self.train_counts}: {bad} must name levels of {self.levels} "
+                "with counts >= 1"
+            )
+        return self
+
+    def train_count(self, level: int) -> int:
+        return self.train_counts.get(level, self.train_per_level)
 
 
 class FieldNames(Section):
@@ -1029,6 +1075,12 @@ class ObjectivesConfig(Section):
 def _check_objectives(cfg: Config) -> None:
     """Cross-checks of ``objectives`` against the rewards and the loss (``Config._cross``)."""
     o = cfg.objectives
+    if o.aggregate_params == "lora" and not cfg.model.lora.enabled:
+        raise ValueError(
+            "objectives.aggregate_params='lora' needs model.lora.enabled=true (there are no "
+            "adapter parameters to aggregate on); enable LoRA or use last_blocks:N, "
+            "hidden_state or regex:<pattern>"
+        )
     labels = [r.label for r in cfg.rewards]
     for key in ("preference", "ideal"):
         v = getattr(o, key)

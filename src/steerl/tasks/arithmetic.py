@@ -64,14 +64,14 @@ class ArithmeticTask(Task):
         train: list[Prompt] = []
         evals: list[Prompt] = []
         for level in cfg.levels:
-            need = cfg.train_per_level + cfg.eval_per_level
+            need = cfg.train_count(level) + cfg.eval_per_level
             cap = _distinct_count(level)
             if cfg.eval_per_level > cap // 2:
                 raise ValueError(
                     f"task.arithmetic.eval_per_level={cfg.eval_per_level} leaves too few "
                     f"training problems at level {level} ({cap} distinct)"
                 )
-            n_train = min(cfg.train_per_level, cap - cfg.eval_per_level)
+            n_train = min(cfg.train_count(level), cap - cfg.eval_per_level)
             seen: set[tuple[int, int]] = set()
             pairs: list[tuple[int, int]] = []
             while len(pairs) < min(need, cfg.eval_per_level + n_train):
