@@ -3,6 +3,10 @@
 A checkpoint is a folder ``checkpoints/step_<N>/`` holding
 
 - ``model.safetensors`` (+ ``config.json`` and tokenizer files: a loadable HF model folder),
+  or, with LoRA (``model.lora.enabled``), ``adapter_model.safetensors`` and
+  ``adapter_config.json`` in ``peft``'s format: the adapters (and ``modules_to_save``),
+  which are all the trainable weights; the frozen base is rebuilt from ``model.name`` on
+  resume (the tiny model from ``train.seed``), so resume stays exact,
 - ``optimizer.pt`` (the torch optimizer state),
 - ``rng.safetensors`` (torch CPU/CUDA and sampler generator states),
 - ``trainer_state.json`` (step, phase, evaluations, python RNG, and the ``state_dict()`` of
@@ -26,6 +30,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CKPT_DIR = "checkpoints"
+#: peft's file names for a saved adapter.
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def _numpy_state_to_json() -> list:
@@ -135,15 +142,7 @@ def load_checkpoint(
     The optimizer is restored by the caller (it may need building first) from
     ``path / "optimizer.pt"``.
     """
-    from safetensors.torch import load_model
-
-    missing, unexpected = load_model(model, path / "model.safetensors", strict=False)
-    tied = {k for k in missing if k.endswith("lm_head.weight")}
-    if set(missing) - tied or unexpected:
-        raise RuntimeError(
-            f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
-        )
+    load_weights(path, model)
     rng = load_file(path / "rng.safetensors")
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():
@@ -158,6 +157,50 @@ def load_checkpoint(
     random.setstate((v, tuple(s), g))
     _numpy_state_from_json(state["numpy_random"])
     return state
+
+
+def load_weights(path: Path, model: torch.nn.Module) -> None:
+    """Full weights (``model.safetensors``) or, for a LoRA policy, the adapter."""
+    from steerl.models import is_peft_model
+
+    has_adapter = (path / ADAPTER_WEIGHTS).is_file()
+    if has_adapter != is_peft_model(model):
+        what = "LoRA adapters" if has_adapter else "full weights"
+        raise RuntimeError(
+            f"checkpoint {path} holds {what} but model.lora.enabled="
+            f"{str(is_peft_model(model)).lower()}; resume with the configuration it was "
+            "trained with"
+        )
+    if has_adapter:
+        load_adapter(path, model)
+        return
+    from safetensors.torch import load_model
+
+    missing, unexpected = load_model(model, path / "model.safetensors", strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")}
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(
+            f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+
+
+def load_adapter(
+    path: Path, model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Load a ``peft`` adapter (``path``'s, or ``state_dict`` in its key format) into the
+    LoRA ``model``; every saved tensor and every adapter tensor must find its match."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    sd = load_file(Path(path) / ADAPTER_WEIGHTS) if state_dict is None else state_dict
+    expected = set(get_peft_model_state_dict(model))
+    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"adapter {path} does not match the model's LoRA configuration: missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    set_peft_model_state_dict(model, sd)
 
 
 def read_trainer_state(path: Path) -> dict[str, Any]:

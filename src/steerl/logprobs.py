@@ -122,7 +122,15 @@ def head_logprobs(
 
 
 def _decoder_and_head(model: PreTrainedModel):
-    """``(decoder, lm_head)`` when logits are exactly ``lm_head(decoder(...)[0])``, else None."""
+    """``(decoder, lm_head)`` when logits are exactly ``lm_head(decoder(...)[0])``, else None.
+
+    A ``peft`` wrapper is looked through (its decoder layers carry the adapters in place);
+    a head wrapped by peft (``modules_to_save`` or a LoRA target) is not a plain Linear, and
+    such a model takes the full forward.
+    """
+    from steerl.models import unwrap_peft
+
+    model = unwrap_peft(model)
     conf = model.config
     if any(getattr(conf, k, None) for k in ("final_logit_softcapping", "logit_scale")):
         return None  # the head's output is transformed further

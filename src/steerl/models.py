@@ -9,13 +9,16 @@ embedded default recipe trains and what the tests use. Any other name goes throu
 from __future__ import annotations
 
 import copy
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from steerl.config import ConfigError, ModelConfig, TinyModelConfig
+from steerl.config import ConfigError, LoraConfig, ModelConfig, TinyModelConfig
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 #: Characters of the tiny tokenizer: digits, arithmetic signs and a little punctuation.
@@ -148,7 +151,92 @@ def load_policy(cfg: ModelConfig, weights_dir: str | Path | None = None) -> Poli
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
     return Policy(model=model, tokenizer=tokenizer, device=device, dtype=dtype)
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    """True for a ``peft`` wrapper (``PeftModel``); checked without importing ``peft``."""
+    return type(model).__module__.startswith("peft.") and hasattr(model, "get_base_model")
+
+
+def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``transformers`` model inside a ``peft`` wrapper (its linear layers carry the
+    adapters in place), or ``model`` itself."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> PreTrainedModel:
+    """Wrap ``model`` with ``peft`` LoRA adapters (``model.lora``): base weights frozen, the
+    adapters (and ``modules_to_save``) trainable; ``lora_B`` starts at zero, so the wrapped
+    model computes exactly what ``model`` did."""
+    try:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+    except ImportError:
+        raise ConfigError(
+            "key 'model.lora.enabled': got true but peft is not installed; "
+            "pip install 'steerl[lora]' (or set model.lora.enabled=false)"
+        ) from None
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        modules_to_save=list(cfg.modules_to_save) or None,
+        fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",  # Conv1D: (in, out)
+        task_type="CAUSAL_LM",
+    )
+    try:
+        with warnings.catch_warnings():  # peft reads deprecated transformers attributes
+            warnings.simplefilter("ignore", FutureWarning)
+            return get_peft_model(model, peft_cfg)
+    except ValueError as e:
+        linear = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if type(m).__name__ in ("Linear", "Conv1D")
+            }
+        )
+        raise ConfigError(
+            f"key 'model.lora.target_modules': got {cfg.target_modules!r} "
+            f"(modules_to_save={cfg.modules_to_save!r}); peft: {str(e).splitlines()[0]}. "
+            f"Allowed: 'all-linear' or names among this model's linear layers: {', '.join(linear)}"
+        ) from None
+
+
+class AdapterOffReference:
+    """The frozen reference of a LoRA policy: the policy itself with its adapters disabled
+    (``peft``'s ``disable_adapter()``), i.e. the base model, without a second copy in memory.
+
+    Only valid while the base weights are what RL started from: no warm-up (a warm-up trains
+    the adapters before RL, and the reference must then include them: a copy is made).
+    """
+
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"AdapterOffReference({type(self.model).__name__})"
+
+
+@contextmanager
+def reference_view(reference) -> Iterator[torch.nn.Module]:
+    """The reference as a model to run forward (no grad): a frozen copy as it is, or the LoRA
+    policy with adapters disabled and in eval mode (as a copy would be) for the duration."""
+    if not isinstance(reference, AdapterOffReference):
+        yield reference
+        return
+    model = reference.model
+    was_training = model.training
+    model.eval()
+    try:
+        with model.disable_adapter():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 def _from_pretrained(source: str, cfg: ModelConfig, dtype: torch.dtype):
@@ -177,11 +265,20 @@ def _from_pretrained(source: str, cfg: ModelConfig, dtype: torch.dtype):
     return tokenizer, model
 
 
-def make_reference(policy: Policy, cfg: ModelConfig, kl_coef: float) -> PreTrainedModel | None:
-    """A frozen copy of the policy for the KL term, or ``None`` when it is not needed."""
+def make_reference(
+    policy: Policy, cfg: ModelConfig, kl_coef: float, base_is_start: bool = True
+) -> PreTrainedModel | AdapterOffReference | None:
+    """A frozen copy of the policy for the KL term, or ``None`` when it is not needed.
+
+    With LoRA and ``base_is_start`` (RL starts from the base model: no warm-up), the
+    reference is the policy with its adapters disabled (:class:`AdapterOffReference`, run it
+    through :func:`reference_view`) instead of a copy.
+    """
     want = cfg.reference == "copy" or (cfg.reference == "auto" and kl_coef > 0)
     if not want:
         return None
+    if is_peft_model(policy.model) and base_is_start:
+        return AdapterOffReference(policy.model)
     ref = copy.deepcopy(policy.model)
     ref.eval()
     ref.requires_grad_(False)

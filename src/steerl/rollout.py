@@ -12,6 +12,7 @@ sampler needs.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +73,9 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 def _cache_argument(model: PreTrainedModel) -> str:
     """``cache`` in recent transformers, ``past_key_values`` before."""
-    params = inspect.signature(model.forward).parameters
+    from steerl.models import unwrap_peft
+
+    params = inspect.signature(unwrap_peft(model).forward).parameters  # peft: (*args, **kw)
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -101,6 +104,10 @@ def resolve_backend(name: str, model: PreTrainedModel) -> str:
     reason = unsupported_reason(model)
     if name == "auto":
         on_cuda = next(model.parameters()).device.type == "cuda"
+        if on_cuda and reason is not None:
+            logging.getLogger("steerl.rollout").info(
+                "rollout.backend=auto uses the eager sampler: the static one cannot run %s", reason
+            )
         return "static" if on_cuda and reason is None else "eager"
     if name == "static" and reason is not None:
         raise ConfigError(

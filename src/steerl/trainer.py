@@ -41,7 +41,7 @@ from steerl.losses import (
     sft_loss,
 )
 from steerl.losses.base import loss_mask
-from steerl.models import load_policy, make_reference
+from steerl.models import load_policy, make_reference, reference_view
 from steerl.objectives import build_balancer, build_combiner
 from steerl.objectives.advantages import compute_advantages
 from steerl.rewards import build_rewards
@@ -134,8 +134,14 @@ class Trainer:
         self.model = self.policy.model
         self.tokenizer = self.policy.tokenizer
         self.device = self.policy.device
-        # make_reference's last argument only decides whether model.reference=auto builds one
-        self.reference = make_reference(self.policy, cfg.model, float(cfg.loss.needs_reference))
+        # make_reference's kl argument only decides whether model.reference=auto builds one;
+        # with LoRA and no warm-up the reference is the policy with its adapters disabled
+        self.reference = make_reference(
+            self.policy,
+            cfg.model,
+            float(cfg.loss.needs_reference),
+            base_is_start=not cfg.warmup.steps,
+        )
         self.sampler_backend = resolve_backend(cfg.rollout.backend, self.model)  # eager|static
         self.loss = build_policy_loss(cfg.loss)  # the "policy" term
         self.aux_terms = build_aux_terms(cfg.loss)  # loss.aux: further named terms
@@ -550,9 +556,7 @@ class Trainer:
         path = ckpt.latest_checkpoint(self.run_dir)
         if path is None:
             return None
-        from safetensors.torch import load_model
-
-        load_model(self.model, str(path / "model.safetensors"), strict=False)
+        ckpt.load_weights(path, self.model)  # full weights, or the LoRA adapter
         ckpt.load_optimizer(path, self.optimizer)
         comps = ckpt.read_trainer_state(path)["components"]
         self.curriculum.load_state_dict(comps["curriculum"])
@@ -594,7 +598,8 @@ class Trainer:
     def _logprobs_no_grad(
         self, model: torch.nn.Module, batch: Rollout, plan: list[torch.Tensor]
     ) -> torch.Tensor:
-        return torch.cat([completion_logprobs(model, batch.index(idx))[0] for idx in plan])
+        with reference_view(model) as m:  # a frozen copy, or the LoRA policy, adapters off
+            return torch.cat([completion_logprobs(m, batch.index(idx))[0] for idx in plan])
 
     def _rebalance(self, batch, adv, ref_lp, reward, kept):
         """Under torchrun: the kept groups of all ranks, dealt out in equal contiguous shares.

@@ -80,3 +80,48 @@ def test_load_checkpoint_forms(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SoupError, match="no model.safetensors"):
         load_checkpoint(tmp_path / "empty")
+
+
+def _adapters(tmp_path, tiny_policy, ranks=(4, 4)) -> list:
+    """LoRA adapters of one base (seed 0) with different B, saved in peft's format."""
+    from steerl.config import LoraConfig
+    from steerl.models import apply_lora
+
+    paths = []
+    for i, r in enumerate(ranks):
+        model = apply_lora(tiny_policy(seed=0).model, LoraConfig(r=r, target_modules=["q_proj"]))
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.fill_(float(i + 1))
+        out = tmp_path / f"adapter{i}"
+        model.save_pretrained(out)
+        paths.append(out)
+    return paths
+
+
+def test_lora_adapters_soup_a_and_b_separately(tmp_path, tiny_policy):
+    pytest.importorskip("peft")
+    paths = _adapters(tmp_path, tiny_policy)
+    sd, cfg = load_checkpoint(paths[0])
+    assert cfg["peft_adapter"] and cfg["r"] == 4 and all("lora_" in k for k in sd)
+    out = tmp_path / "mix"
+    mixed = soup(paths, [0.25, 0.75], out)
+    b = [k for k in mixed if "lora_B" in k]
+    assert b and all(torch.allclose(mixed[k], torch.full_like(mixed[k], 1.75)) for k in b)
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    assert not (out / "model.safetensors").exists()
+
+
+def test_lora_adapters_of_another_rank_are_refused(tmp_path, tiny_policy):
+    pytest.importorskip("peft")
+    paths = _adapters(tmp_path, tiny_policy, ranks=(4, 8))
+    with pytest.raises(SoupError, match="does not come from the same base model"):
+        soup(paths, [0.5, 0.5])
+
+
+def test_adapters_and_full_weights_are_not_mixed(tmp_path, tiny_policy, checkpoints):
+    pytest.importorskip("peft")
+    adapter = _adapters(tmp_path, tiny_policy)[0]
+    with pytest.raises(SoupError, match="cannot soup LoRA adapters"):
+        soup([adapter, checkpoints[0]], [0.5, 0.5])

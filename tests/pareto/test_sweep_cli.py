@@ -156,6 +156,79 @@ def test_soup_endpoints_reproduce_the_checkpoints(swept, tmp_path):
     assert (tmp_path / "soup.csv").is_file() and (tmp_path / "front.png").is_file()
 
 
+#: LoRA on the tiny Llama's attention projections (see tests/test_lora.py).
+LORA = ["model.lora.enabled=true", "model.lora.target_modules=[q_proj,k_proj,v_proj,o_proj]"]
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory) -> list[Path]:
+    """Two LoRA runs of one base (the tiny model of one seed), one per reward, evaluated as
+    the sweep evaluates its points (objectives.json)."""
+    pytest.importorskip("peft")
+    from steerl.pareto.evaluate import train_and_evaluate
+
+    out = tmp_path_factory.mktemp("lora_runs")
+    runs = []
+    for i, pref in enumerate(("[1.0,0.0]", "[0.0,1.0]")):
+        run = out / f"p{i}"
+        args = ["pareto_demo", *SWEEP, *LORA, f"objectives.preference={pref}", "optim.lr=0.01"]
+        assert train_and_evaluate(run, args) is not None
+        runs.append(run)
+    return runs
+
+
+def test_lora_soup_endpoints_reproduce_the_checkpoints(lora_runs, tmp_path):
+    sets = [x for o in (*SWEEP, *LORA) for x in ("--set", o)]
+    res = _runner().invoke(
+        app,
+        ["pareto", "soup", *map(str, lora_runs), "--steps", "2", "--recipe", "pareto_demo"]
+        + [*sets, "--out", str(tmp_path)],
+    )
+    assert res.exit_code == 0, res.output + str(res.exception)
+    soup = json.loads((tmp_path / "soup.json").read_text())
+    assert [p["preference"] for p in soup["points"]] == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
+    own = [json.loads((r / "objectives.json").read_text())["objectives"] for r in lora_runs]
+    assert soup["points"][0]["objectives"] == own[0]
+    assert soup["points"][-1]["objectives"] == own[1]
+    # the two adapters differ, so the endpoints are not one model scored twice
+    from steerl.checkpoint import latest_checkpoint
+    from steerl.pareto.soups import load_checkpoint
+
+    a, b = (load_checkpoint(latest_checkpoint(r))[0] for r in lora_runs)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "recipe_sets, needle",
+    [
+        ([], "model.lora.enabled=false"),  # the evaluator has no adapters
+        ([*LORA, "model.lora.r=4"], "r: 8 in the adapters vs 4 in the recipe"),
+    ],
+)
+def test_lora_soup_with_another_lora_setup_exits_2(lora_runs, tmp_path, recipe_sets, needle):
+    sets = [x for o in (*SWEEP, *recipe_sets) for x in ("--set", o)]
+    res = _runner().invoke(
+        app,
+        ["pareto", "soup", *map(str, lora_runs), "--recipe", "pareto_demo", *sets]
+        + ["--out", str(tmp_path / "o")],
+    )
+    assert res.exit_code == 2, res.output
+    assert needle in res.stderr
+    assert not (tmp_path / "o" / "soup.json").exists()
+
+
+def test_soup_of_adapters_and_full_weights_exits_2(lora_runs, swept, tmp_path):
+    full = swept[0] / "runs" / "p0"
+    res = _runner().invoke(
+        app,
+        ["pareto", "soup", str(lora_runs[0]), str(full), "--recipe", "pareto_demo"]
+        + ["--out", str(tmp_path / "o")],
+    )
+    assert res.exit_code == 2
+    assert "cannot soup LoRA adapters" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_soup_of_different_base_models_exits_2(tmp_path):
     from safetensors.torch import save_file
 

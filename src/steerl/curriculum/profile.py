@@ -89,9 +89,7 @@ def profile_difficulty(
         path = ckpt.latest_checkpoint(Path(run_dir))
         if path is None:
             raise FileNotFoundError(f"no complete checkpoint in {Path(run_dir) / 'checkpoints'}")
-        from safetensors.torch import load_model
-
-        load_model(policy.model, str(path / "model.safetensors"), strict=False)
+        ckpt.load_weights(path, policy.model)  # full weights, or a LoRA adapter
     model, tok = policy.model, policy.tokenizer
     model.eval()
     first = cfg.rewards[0]

@@ -38,6 +38,12 @@ PROMPT_BUCKET = 64
 
 def unsupported_reason(model: PreTrainedModel) -> str | None:
     """Why ``model`` cannot use the static sampler, or ``None`` when it can."""
+    from steerl.models import is_peft_model
+
+    if is_peft_model(model):
+        # it reads each layer's base .weight directly, so unmerged adapters would be skipped;
+        # merging per rollout and unmerging after would drift the base weights in bf16
+        return "a peft (LoRA) model: it reads base weights directly and would skip adapters"
     conf = model.config
     kind = getattr(conf, "model_type", "?")
     if kind not in SUPPORTED:

@@ -15,6 +15,16 @@ shards of ``model.safetensors.index.json``) and, usually, ``config.json``, e.g. 
 
 Floating-point tensors are interpolated in float32 and cast back to their dtype; other
 tensors (integer buffers) must be identical in every checkpoint and are copied.
+
+LoRA (``model.lora.enabled``): a checkpoint folder holding ``adapter_model.safetensors`` and
+``adapter_config.json`` (``peft``'s format, as steerl's LoRA checkpoints are) is an adapter.
+Adapters are souped the same way, tensor by tensor: ``A(lambda) = sum_i lambda_i A_i`` and
+``B(lambda) = sum_i lambda_i B_i`` separately, as Ramé et al. do for their LoRA fine-tunes.
+This is *not* the interpolation of the weight updates: ``B(lambda) A(lambda)`` differs from
+``sum_i lambda_i B_i A_i`` by cross terms ``lambda_i lambda_j B_i A_j``; only the endpoints
+(one lambda_i = 1) reproduce a fine-tune exactly. Adapters must share the base model and the
+LoRA configuration (``adapter_config.json``: rank, alpha, target modules, ...); full weights
+and adapters cannot be mixed in one soup.
 """
 
 from __future__ import annotations
@@ -31,6 +41,9 @@ IGNORED_CONFIG_KEYS = frozenset(
     {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "_commit_hash"}
 )
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")  # peft's LoRA adapter
+#: adapter_config.json keys that may differ between adapters of one base and LoRA setup.
+IGNORED_ADAPTER_KEYS = frozenset({"peft_version", "inference_mode", "revision"})
 
 
 class SoupError(ValueError):
@@ -39,10 +52,14 @@ class SoupError(ValueError):
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """``(state_dict, config or None)`` of a ``.safetensors`` file or a model folder."""
+    """``(state_dict, config or None)`` of a ``.safetensors`` file or a model folder; for a
+    LoRA adapter folder, the adapter's tensors and its ``adapter_config.json`` (see
+    :func:`is_adapter`)."""
     from safetensors.torch import load_file
 
     p = Path(path)
+    if is_adapter(p):
+        return load_file(str(p / ADAPTER_FILES[0])), _adapter_config(p / ADAPTER_FILES[1])
     if p.is_file():
         cfg_path = p.parent / "config.json"
         return load_file(str(p)), _read_config(cfg_path)
@@ -65,6 +82,36 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | N
 
 def _read_config(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_adapter(path: str | Path) -> bool:
+    """True for a folder holding a ``peft`` adapter (``adapter_model.safetensors``)."""
+    return (Path(path) / ADAPTER_FILES[0]).is_file()
+
+
+def _adapter_config(path: Path) -> dict:
+    """``adapter_config.json`` with ``peft_adapter: true`` added (so an adapter never passes
+    for full weights) and list values sorted (peft writes ``target_modules`` from a set)."""
+    if not path.is_file():
+        raise SoupError(f"adapter folder {str(path.parent)!r} has no {ADAPTER_FILES[1]}")
+    cfg = {k: v for k, v in json.loads(path.read_text()).items() if k not in IGNORED_ADAPTER_KEYS}
+    cfg = {k: sorted(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    return {**cfg, "peft_adapter": True}
+
+
+def check_kinds(paths: Sequence[str | Path]) -> bool:
+    """True when every checkpoint is a LoRA adapter, False when none is; a mix is a
+    ``SoupError`` naming both kinds."""
+    kinds = [is_adapter(p) for p in paths]
+    if any(kinds) and not all(kinds):
+        ad = [str(p) for p, k in zip(paths, kinds) if k]
+        full = [str(p) for p, k in zip(paths, kinds) if not k]
+        raise SoupError(
+            f"cannot soup LoRA adapters ({', '.join(ad)}) with full weights "
+            f"({', '.join(full)}): soup runs fine-tuned the same way (all with model.lora or "
+            "all without)"
+        )
+    return all(kinds)
 
 
 def check_same_base(
@@ -146,6 +193,7 @@ def soup(
     such as ``config.json`` and the tokenizer). Returns the souped state dict."""
     from safetensors.torch import save_file
 
+    adapters = check_kinds(paths)
     loaded = [load_checkpoint(p) for p in paths]
     names = [str(p) for p in paths]
     check_same_base([sd for sd, _ in loaded], [c for _, c in loaded], names)
@@ -155,10 +203,12 @@ def soup(
         out.mkdir(parents=True, exist_ok=True)
         first = Path(paths[0])
         src = first if first.is_dir() else first.parent
-        skip = {*WEIGHT_FILES, "optimizer.pt", "rng.safetensors", "trainer_state.json"}
+        skip = {*WEIGHT_FILES, ADAPTER_FILES[0], "optimizer.pt", "rng.safetensors"}
+        skip.add("trainer_state.json")
         for f in src.iterdir():
             if f.is_file() and f.name not in skip and not f.name.startswith("model-"):
-                shutil.copy2(f, out / f.name)
+                shutil.copy2(f, out / f.name)  # adapter_config.json for an adapter
         meta = {"soup_of": json.dumps(names), "soup_weights": json.dumps(list(weights))}
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(out / WEIGHT_FILES[0]), meta)
+        target = ADAPTER_FILES[0] if adapters else WEIGHT_FILES[0]
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(out / target), meta)
     return sd

@@ -362,6 +362,43 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
+#: adapter_config.json keys that must match the recipe's model.lora for a LoRA soup.
+_LORA_KEYS = ("r", "lora_alpha", "target_modules", "modules_to_save", "use_dora", "use_rslora")
+
+
+def _adapter_loader(trainer: Any, adapter_cfg: dict, name: str) -> Callable[[dict], None]:
+    """``load(state_dict)`` of adapter tensors into the recipe's LoRA policy, after checking
+    that the recipe's LoRA setup is the adapters' (else a ``SweepError`` before evaluation)."""
+    from steerl.checkpoint import load_adapter
+    from steerl.models import is_peft_model
+
+    if not is_peft_model(trainer.model):
+        raise SweepError(
+            f"{name} holds LoRA adapters but the recipe's model.lora.enabled=false; pass the "
+            "recipe (or run directory) the adapters were trained with"
+        )
+    own = trainer.model.peft_config["default"].to_dict()
+    diff = []
+    for k in _LORA_KEYS:
+        mine, theirs = own.get(k), adapter_cfg.get(k)
+        norm = [sorted(x) if isinstance(x, list | set | tuple) else x for x in (mine, theirs)]
+        if norm[0] != norm[1]:
+            diff.append(f"{k}: {norm[1]!r} in the adapters vs {norm[0]!r} in the recipe")
+    if diff:
+        raise SweepError(
+            f"the adapters ({name}) were trained with another LoRA setup than the recipe's "
+            f"model.lora: {'; '.join(diff)}"
+        )
+
+    def load(sd: dict) -> None:
+        try:
+            load_adapter(Path(name), trainer.model, sd)
+        except RuntimeError as e:
+            raise SweepError(str(e)) from None
+
+    return load
+
+
 def soup_points(
     checkpoints: Sequence[Path],
     steps: int,
@@ -373,13 +410,14 @@ def soup_points(
     """Evaluate ``simplex(len(checkpoints), steps)`` weight mixtures on every objective;
     writes soup.json / soup.csv (and front.png, with OUT/pareto.json's points if present)."""
     from steerl.config import load_config
-    from steerl.pareto.soups import check_same_base, interpolate, load_checkpoint
+    from steerl.pareto.soups import check_kinds, check_same_base, interpolate, load_checkpoint
 
     if len(checkpoints) < 2:
         raise SweepError("a soup needs at least two checkpoints")
     if steps < 1:
         raise SweepError(f"--steps must be >= 1, got {steps}")
     paths = [resolve_checkpoint(Path(c)) for c in checkpoints]
+    adapters = check_kinds(paths)  # all LoRA adapters, or all full weights
     loaded = [load_checkpoint(p) for p in paths]
     sds = [sd for sd, _ in loaded]
     check_same_base(sds, [c for _, c in loaded], [str(c) for c in checkpoints])
@@ -391,18 +429,26 @@ def soup_points(
 
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, out / "soup-trainer")
-    own = trainer.model.state_dict()
-    unknown = sorted(set(sds[0]) - set(own))
-    if unknown:
-        raise SweepError(
-            f"the checkpoints do not fit the recipe's model ({cfg.model.name}): unknown "
-            f"tensors {unknown[:5]}; pass the recipe (or run directory) they were trained with"
-        )
+    if adapters:
+        load = _adapter_loader(trainer, loaded[0][1], str(checkpoints[0]))
+    else:
+        own = trainer.model.state_dict()
+        unknown = sorted(set(sds[0]) - set(own))
+        if unknown:
+            raise SweepError(
+                f"the checkpoints do not fit the recipe's model ({cfg.model.name}): unknown "
+                f"tensors {unknown[:5]}; pass the recipe (or run directory) they were trained "
+                "with"
+            )
+
+        def load(sd: dict[str, Any]) -> None:
+            trainer.model.load_state_dict(sd, strict=False)
+
+    load(sds[0])  # a mismatch fails here, before any evaluation
     names = [r.label for r in cfg.rewards]
     rows: list[dict[str, Any]] = []
     for i, w in enumerate(simplex(len(paths), steps)):
-        mixed = interpolate(sds, w.tolist())
-        trainer.model.load_state_dict(mixed, strict=False)
+        load(interpolate(sds, w.tolist()))
         obj = evaluate_objectives(trainer)
         if on_point is not None:
             on_point(i, w.tolist(), obj)
