@@ -80,7 +80,7 @@ def save_checkpoint(
     full_state = {
         **state,
         "step": step,
-        "python_random": _py_state(),
+        "python_random": rng_to_json(),
         "numpy_random": _numpy_state_to_json(),
     }
     (tmp / "trainer_state.json").write_text(json.dumps(full_state, indent=1))
@@ -94,9 +94,15 @@ def save_checkpoint(
     return final
 
 
-def _py_state() -> list:
-    v, s, g = random.getstate()
+def rng_to_json(rng: random.Random | None = None) -> list:
+    """The state of a ``random.Random`` (default: the global ``random`` module) as JSON data."""
+    v, s, g = (random if rng is None else rng).getstate()
     return [v, list(s), g]
+
+
+def rng_from_json(data: list) -> tuple:
+    """The inverse of ``rng_to_json``: a state for ``Random.setstate``."""
+    return (data[0], tuple(data[1]), data[2])
 
 
 def _fsync_dir(path: Path) -> None:

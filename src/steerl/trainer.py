@@ -216,7 +216,7 @@ class Trainer:
             "balancer": self.balancer.state_dict(),
             "stability": self.stability.state_dict(),
             "kl_controller": self.kl_ctl.state_dict() if self.kl_ctl else None,
-            "demo_rng": list(_rng_json(self.demo_rng)),
+            "demo_rng": ckpt.rng_to_json(self.demo_rng),
         }
 
     # ------------------------------------------------------------------ resume / save
@@ -232,8 +232,7 @@ class Trainer:
         self.stability.load_state_dict(comps["stability"])
         if self.kl_ctl is not None and comps.get("kl_controller"):
             self.kl_ctl.load_state_dict(comps["kl_controller"])
-        v, s, g = comps["demo_rng"]
-        self.demo_rng.setstate((v, tuple(s), g))
+        self.demo_rng.setstate(ckpt.rng_from_json(comps["demo_rng"]))
         self.state = TrainerState(**state["trainer"])
         self.optimizer = self._make_optimizer(self.phase)
         ckpt.load_optimizer(path, self.optimizer)
@@ -1034,11 +1033,6 @@ def _prompt_fields(prompts: list[Prompt]) -> dict[str, list[Any]]:
     for k in {k for p in prompts for k in p.meta}:
         fields.setdefault(k, [p.meta.get(k) for p in prompts])
     return fields
-
-
-def _rng_json(rng: random.Random) -> list:
-    v, s, g = rng.getstate()
-    return [v, list(s), g]
 
 
 def _f(x: torch.Tensor) -> float | None:

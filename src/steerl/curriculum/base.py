@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from steerl.checkpoint import rng_from_json, rng_to_json
 from steerl.config import CURRICULUM_NAMES, CurriculumConfig
 from steerl.curriculum.difficulty import prompt_levels
 from steerl.curriculum.stats import PromptStats
@@ -245,7 +246,7 @@ class UniformCurriculum(Curriculum):
     def state_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "rng": _rng_to_json(self.rng),
+            "rng": rng_to_json(self.rng),
             "order": self.order,
             "cursor": self.cursor,
             "stats": self.stats.state_dict(),
@@ -254,7 +255,7 @@ class UniformCurriculum(Curriculum):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not _same_kind(state, self):
             return
-        self.rng.setstate(_rng_from_json(state["rng"]))
+        self.rng.setstate(rng_from_json(state["rng"]))
         self.order = list(state["order"])
         self.cursor = int(state["cursor"])
         self.stats.load_state_dict(state.get("stats", {}))
@@ -277,12 +278,3 @@ def _same_kind(state: dict[str, Any], cur: Curriculum) -> bool:
     cur.stats.load_state_dict(state.get("stats", {}))
     cur._step = None
     return False
-
-
-def _rng_to_json(rng: random.Random) -> list:
-    v, s, g = rng.getstate()
-    return [v, list(s), g]
-
-
-def _rng_from_json(x: list) -> tuple:
-    return (x[0], tuple(x[1]), x[2])

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from steerl.checkpoint import rng_from_json, rng_to_json
 from steerl.config import ConfigError, apply_overrides, build_config
 from steerl.tuning.metrics import final_metrics
 from steerl.tuning.space import active, as_overrides, clip, draw, sample_random
@@ -113,7 +114,7 @@ def run_pbt(ctx: Any, on_round: Callable[[str], None] | None = None) -> dict[str
         state = {"metric": metric, "round": 0, "members": members, "lineage": [], "rng": None}
     rng = random.Random(tc.seed or 0)
     if state["rng"]:
-        rng.setstate(_rng_state(state["rng"]))
+        rng.setstate(rng_from_json(state["rng"]))
     members = state["members"]
     for r in range(state["round"], pbt.rounds):
         steps = (r + 1) * pbt.steps_per_round
@@ -147,7 +148,7 @@ def run_pbt(ctx: Any, on_round: Callable[[str], None] | None = None) -> dict[str
             for i in set(range(len(members))) - set(bottom):
                 members[i]["parent"] = None
         state["round"] = r + 1
-        state["rng"] = _rng_json(rng)
+        state["rng"] = rng_to_json(rng)
         state["best"] = {
             "member": members[order[0]]["id"],
             "score": scores[order[0]],
@@ -159,15 +160,6 @@ def run_pbt(ctx: Any, on_round: Callable[[str], None] | None = None) -> dict[str
             on_round(line)
     plot_lineage(state, out / "lineage.png", list(tc.space))
     return state
-
-
-def _rng_json(rng: random.Random) -> list:
-    v, s, g = rng.getstate()
-    return [v, list(s), g]
-
-
-def _rng_state(data: list) -> tuple:
-    return (data[0], tuple(data[1]), data[2])
 
 
 def plot_lineage(state: dict[str, Any], path: Path, keys: list[str]) -> None:
