@@ -96,6 +96,8 @@ def field_docs(model: type[BaseModel] = config.Config, prefix: str = "") -> list
         rows.append(FieldDoc(key, _type_name(f.annotation), default, comments.get(name, "")))
         if sub is not None and is_list:
             rows.extend(field_docs(sub, key + "[]."))
+        elif sub is not None and typing.get_origin(f.annotation) is dict:
+            rows.extend(field_docs(sub, key + ".<key>."))  # e.g. tune.space.<key>.type
     return rows
 
 
@@ -116,7 +118,8 @@ def markdown_reference() -> str:
         "",
         "Every key of a recipe, generated from `steerl.config` (the one home of defaults).",
         "Set keys in the recipe's YAML or on the command line as dotted overrides",
-        "(`steerl train default rollout.group_size=16`). `[]` marks the items of a list.",
+        "(`steerl train default rollout.group_size=16`). `[]` marks the items of a list,",
+        "`<key>` the entries of a mapping.",
         "",
     ]
     section = None
