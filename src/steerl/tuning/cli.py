@@ -48,11 +48,15 @@ def _tune_errors() -> Iterator[None]:
             raise
 
 
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
 def _describe(frozen: Any) -> str:
     state = frozen.state.name.lower()
-    params = ", ".join(
-        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in frozen.params.items()
-    )
+    params = _params(frozen.params)
     if state == "complete":
         what = ", ".join(f"{v:.4g}" for v in frozen.values)
     else:
@@ -69,10 +73,7 @@ def _results_table(summary: dict[str, Any]) -> Table:
     for col in ("trial", *names, "parameters"):
         table.add_column(col)
     for r in rows:
-        params = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()
-        )
-        table.add_row(str(r["trial"]), *[f"{v:.4g}" for v in r["values"]], params)
+        table.add_row(str(r["trial"]), *[f"{v:.4g}" for v in r["values"]], _params(r["params"]))
     return table
 
 

@@ -14,21 +14,16 @@ often) and are stopped early when it says so, or when ``tune.threshold`` is viol
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import random
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steerl.config import Config, ConfigError, apply_overrides, build_config, load_config
-from steerl.trainer import Callback
-from steerl.tuning.metrics import eval_metrics, final_metrics
-from steerl.tuning.space import as_overrides, check_space, suggest
+from steerl.config import Config, ConfigError, load_config
+from steerl.tuning.space import check_space
 from steerl.tuning.spec import TuneConfig
 
 TUNE_FILE = "tune.json"
@@ -129,7 +124,8 @@ def _constraints(trial: Any) -> list[float]:
     return list(trial.user_attrs.get("constraints", [0.0]))
 
 
-def _HAS_SET_CONSTRAINT() -> bool:  # noqa: N802 - reads as the constant it stands for
+def has_set_constraint() -> bool:
+    """Optuna >= 5 reads constraints from the trial (older versions: a sampler argument)."""
     import optuna
 
     return hasattr(optuna.trial.Trial, "set_constraint")
@@ -142,7 +138,7 @@ def make_sampler(tc: TuneConfig, seed_offset: int = 0) -> Any:
     opts = dict(tc.sampler_options)
     if tc.seed is not None:
         opts.setdefault("seed", tc.seed + seed_offset)
-    if tc.constraints and tc.sampler != "random" and not _HAS_SET_CONSTRAINT():
+    if tc.constraints and tc.sampler != "random" and not has_set_constraint():
         opts.setdefault("constraints_func", _constraints)  # Optuna < 5: a sampler argument
     kinds = {
         "tpe": optuna.samplers.TPESampler,
@@ -236,144 +232,6 @@ def open_study(ctx: TuneContext, storage: Any | None = None, worker: int = 0) ->
     return study
 
 
-# --------------------------------------------------------------------------- one trial
-class _TrialReporter(Callback):
-    """Hands each periodic evaluation to the pruner; stops the trial when it or
-    ``tune.threshold`` says so (Optuna's TrialPruned ends the run)."""
-
-    def __init__(self, trial: Any, tc: TuneConfig):
-        self.trial, self.tc = trial, tc
-        self.metric = tc.objectives[0].metric
-        self.report = len(tc.objectives) == 1 and tc.effective_pruner != "none"
-
-    def _check(self, step: int, values: dict[str, float]) -> None:
-        import optuna
-
-        th = self.tc.threshold
-        if th is not None and th.metric in values and step >= th.after_step:
-            if th.violation(values[th.metric]) > 0:
-                self.trial.set_user_attr(
-                    "stopped_by", f"threshold: {th.metric}={values[th.metric]:.4g} at step {step}"
-                )
-                raise optuna.TrialPruned(f"{th.metric} violates tune.threshold")
-        if self.report and self.metric in values:
-            self.trial.report(values[self.metric], step)
-            if self.trial.should_prune():
-                self.trial.set_user_attr("stopped_by", f"pruner at step {step}")
-                raise optuna.TrialPruned(f"pruned at step {step}")
-
-    def on_evaluate(self, trainer: Any, step: int, accuracy: dict[str, float]) -> None:
-        if trainer.state.rl_step == 0:  # the warm-up's evaluation: the same for every trial
-            return
-        self._check(trainer.state.rl_step, eval_metrics(accuracy))
-
-    def on_step_end(self, trainer: Any, step: int, metrics: dict[str, Any]) -> None:
-        watched = {self.metric, *([self.tc.threshold.metric] if self.tc.threshold else [])}
-        if trainer.state.rl_step == 0 or not any(m.startswith("train/") for m in watched):
-            return
-        values = {
-            k: float(v) for k, v in metrics.items() if k in watched and isinstance(v, (int, float))
-        }
-        self._check(trainer.state.rl_step, values)
-
-
-class _Surplus(Exception):
-    """Another worker already started the study's last trial: this one is not needed."""
-
-
-def _counted(trial: Any) -> bool:
-    from optuna.trial import TrialState
-
-    s = trial.state
-    if s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
-        return True
-    return s == TrialState.FAIL and "error" in trial.user_attrs  # the run itself failed
-
-
-def accounted(study: Any, before: int | None = None) -> int:
-    """Trials that count toward ``tune.trials`` (optionally only those numbered below):
-    finished ones and those running; not those waiting (queued retries, enqueued ones)."""
-    trials = study.get_trials(deepcopy=False)
-    return sum(1 for t in trials if _counted(t) and (before is None or t.number < before))
-
-
-def _duplicate_retry(trial: Any) -> bool:
-    """Whether this trial re-runs a dead worker's trial that an earlier trial already re-runs.
-
-    Two workers can fail the same stale trial at once and each queue a retry (a race inside
-    Optuna's ``fail_stale_trials``); the later copy is dropped as surplus."""
-    import optuna
-
-    retried = optuna.storages.RetryFailedTrialCallback.retried_trial_number
-    trials = trial.study.get_trials(deepcopy=False)
-    me = next(t for t in trials if t.number == trial.number)
-    origin = retried(me)
-    if origin is None:
-        return False
-    return any(
-        t.number < me.number
-        and retried(t) == origin
-        and not t.user_attrs.get("surplus")
-        and (
-            t.state.name in ("RUNNING", "COMPLETE", "PRUNED", "WAITING")
-            or (t.state.name == "FAIL" and "error" in t.user_attrs)  # not a dead worker's
-        )
-        for t in trials
-    )
-
-
-def trial_config(ctx: TuneContext, params: dict[str, Any], run_dir: Path) -> Config:
-    data = copy.deepcopy(ctx.base)
-    apply_overrides(data, as_overrides(params))
-    apply_overrides(data, [f"train.out_dir={run_dir}", "logging.progress=false"])
-    return build_config(data)
-
-
-def run_trial(ctx: TuneContext, trial: Any) -> list[float]:
-    """Sample, train (resuming from the warm-up copy if any), evaluate; the objective values."""
-    from steerl.trainer import Trainer
-
-    tc = ctx.tc
-    if accounted(trial.study, before=trial.number) >= tc.trials or _duplicate_retry(trial):
-        trial.set_user_attr("surplus", True)
-        raise _Surplus()
-    params = suggest(trial, tc.space)
-    run_dir = ctx.trial_dir(trial.number)
-    trial.set_user_attr("run_dir", str(run_dir.resolve()))
-    trial.set_user_attr("overrides", as_overrides(params))
-    try:
-        cfg = trial_config(ctx, params, run_dir)
-        if tc.from_warmup and not (run_dir / "config.yaml").is_file():
-            shutil.copytree(tc.from_warmup, run_dir, dirs_exist_ok=True)
-            for stale in ("summary.json", "report.html"):
-                (run_dir / stale).unlink(missing_ok=True)
-        trainer = Trainer(cfg, run_dir, callbacks=[_TrialReporter(trial, tc)])
-        t0 = time.perf_counter()
-        summary = trainer.train()
-        # this trial's own training time (a from_warmup copy carries the warm-up's seconds)
-        summary = {**summary, "wall_seconds": time.perf_counter() - t0}
-        if not summary.get("completed"):
-            raise TuneError(f"the run stopped before the end ({summary.get('stop_reason')})")
-        wanted = [o.metric for o in tc.objectives] + [c.metric for c in tc.constraints]
-        metrics = final_metrics(trainer, summary, wanted)
-    except Exception as e:
-        import optuna
-
-        if isinstance(e, optuna.TrialPruned):
-            raise
-        trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
-        raise
-    trial.set_user_attr("metrics", metrics)
-    trial.set_user_attr("wall_seconds", summary.get("wall_seconds"))
-    if tc.constraints:
-        violations = [c.violation(metrics[c.metric]) for c in tc.constraints]
-        trial.set_user_attr("constraints", violations)
-        if _HAS_SET_CONSTRAINT():  # Optuna >= 5: the samplers read constraints from the trial
-            for c, v in zip(tc.constraints, violations):
-                trial.set_constraint(f"{c.metric} in bounds", v)
-    return [metrics[o.metric] for o in tc.objectives]
-
-
 def work(
     ctx: TuneContext,
     on_trial: Callable[[Any], None] | None = None,
@@ -384,6 +242,8 @@ def work(
 
     ``worker`` numbers the processes of one ``--workers N`` invocation (seed offsets)."""
     import optuna
+
+    from steerl.tuning.trial import accounted, run_trial  # trial.py builds on this module
 
     storage = make_storage(ctx)
     study = open_study(ctx, storage, worker)
