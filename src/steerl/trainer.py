@@ -711,21 +711,10 @@ class Trainer:
         out: dict[str, Any] = {}
         for _ in range(lc.epochs):
             self.optimizer.zero_grad(set_to_none=True)
-            loss_sum, sums, term_values = 0.0, {}, {}
             self.balancer.begin_step(step)
             try:
-                self._accumulate(
-                    plan,
-                    batch,
-                    adv,
-                    old_lp,
-                    ref_lp,
-                    aux,
-                    total_tokens,
-                    total_seqs,
-                    all_tokens,
-                    sums,
-                    term_values,
+                sums, term_values = self._accumulate(
+                    plan, batch, adv, old_lp, ref_lp, aux, (total_tokens, total_seqs, all_tokens)
                 )
             except BaseException:
                 self.balancer.abort_step()
@@ -769,23 +758,23 @@ class Trainer:
 
     def _accumulate(
         self,
-        plan,
-        batch,
-        adv,
-        old_lp,
-        ref_lp,
-        aux,
-        total_tokens,
-        total_seqs,
-        all_tokens,
-        sums,
-        term_values,
-    ) -> None:
+        plan: list[torch.Tensor],
+        batch: Rollout,
+        adv: torch.Tensor,
+        old_lp: torch.Tensor | None,
+        ref_lp: torch.Tensor | None,
+        aux: _AuxBatch | None,
+        denominators: tuple[float, float, float],
+    ) -> tuple[dict[str, float], dict[str, float]]:
         """Loss terms of every micro-batch, each handed to the balancer (which does backward).
 
-        ``sums`` collects the loss metrics and ``term_values`` each term's value, over the step.
+        ``denominators``: the whole batch's (loss tokens, loss sequences, completion tokens).
+        Returns ``(sums, term_values)``: the loss metrics and each term's value, over the step.
         """
         cfg, lc = self.cfg, self.cfg.loss
+        total_tokens, total_seqs, all_tokens = denominators
+        sums: dict[str, float] = {}
+        term_values: dict[str, float] = {}
         for idx in plan:
             mb = batch.index(idx)
             lp, ent = completion_logprobs(
@@ -816,6 +805,7 @@ class Trainer:
             metrics["entropy"] = (ent.detach() * inputs.mask).sum() / all_tokens
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
+        return sums, term_values
 
     def _aux_term(
         self, term: LossTerm, idx: torch.Tensor, x: LossInputs, aux: _AuxBatch | None
