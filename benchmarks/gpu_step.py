@@ -180,11 +180,13 @@ def run_steerl(args, anchor: Path, name: str, extra: list[str]) -> dict:
     reset_memory(device)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, run_dir)
+        phases = track_phase_peaks(trainer, device)
         times, gen, upd, toks, actions = [], [], [], [], []
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 sync(device)
                 reset_memory(device)
+                phases.update(resident=allocated_gib(device), generate=0.0, update=0.0)
             sync(device)
             t0 = time.perf_counter()
             m = trainer.rl_step()
@@ -197,14 +199,47 @@ def run_steerl(args, anchor: Path, name: str, extra: list[str]) -> dict:
             gn = m.get("train/grad_norm", float("nan"))
             actions.append(f"{m.get('stability/action')}(|g|={gn:.3g})")
         print(f"steerl {name} updates: {' '.join(actions)}", flush=True)
-        peak = peak_gib(device)
+        # the phase trackers reset the peak counter: the step's peak is the largest of theirs
+        peak = max(peak_gib(device), phases["generate"], phases["update"])
         model = trainer.model
         flops = train_flops(model, args.prompts * args.group, args.prompt_len + args.new_tokens)
         params = n_params(model)
         del trainer, model
     clear_cache()
     reset_memory(device)
-    return summarise(name, times, gen, toks, peak, flops, params, args, train=upd)
+    row = summarise(name, times, gen, toks, peak, flops, params, args, train=upd)
+    return row | {f"{k}_gib": v for k, v in phases.items()}
+
+
+def allocated_gib(device) -> float:
+    return torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+
+
+def track_phase_peaks(trainer, device) -> dict[str, float]:
+    """Peak allocated memory of generation and of the update, each over the timed steps.
+
+    Wraps ``trainer._generate`` and ``trainer._policy_update``: the peak counter is reset
+    when one starts and read when it ends. ``resident`` (set by the caller) is what stays
+    allocated between steps: weights, optimizer state, caches.
+    """
+    peaks: dict[str, float] = {"resident": float("nan"), "generate": 0.0, "update": 0.0}
+
+    def tracked(key, fn):
+        def call(*a, **kw):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            out = fn(*a, **kw)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                peaks[key] = max(peaks[key], peak_gib(device))
+            return out
+
+        return call
+
+    trainer._generate = tracked("generate", trainer._generate)
+    trainer._policy_update = tracked("update", trainer._policy_update)
+    return peaks
 
 
 # --------------------------------------------------------------------------- correctness
@@ -301,7 +336,7 @@ def check_sampler(args, anchor: Path) -> str:
 
 
 # --------------------------------------------------------------------------- TRL
-def run_trl(args, anchor: Path) -> dict | None:
+def run_trl(args, anchor: Path, optim: str = "adamw_torch") -> dict | None:
     try:
         import trl  # noqa: F401
     except ImportError as e:
@@ -361,6 +396,7 @@ def run_trl(args, anchor: Path) -> dict | None:
         temperature=1.0,
         beta=0.0,
         learning_rate=1e-6,
+        optim=optim,  # transformers' name: adamw_torch (TRL's default) or adafactor
         max_steps=args.warmup + args.steps,
         bf16=device.type == "cuda",
         use_cpu=device.type == "cpu",
@@ -397,7 +433,8 @@ def run_trl(args, anchor: Path) -> dict | None:
     toks = [args.prompts * args.group * args.new_tokens] * len(times)
     del trainer, model
     reset_memory(device)
-    return summarise(f"TRL {trl.__version__}", times, gen, toks, state["peak"], flops, params, args)
+    name = f"TRL {trl.__version__}" + ("" if optim == "adamw_torch" else f" ({optim})")
+    return summarise(name, times, gen, toks, state["peak"], flops, params, args)
 
 
 # --------------------------------------------------------------------------- table
@@ -439,6 +476,14 @@ def print_table(rows: list[dict], card: str, floor_tps: float | None, peak: floa
             f"{r['tokens_per_s']:8.0f} {r['peak_gib']:8.2f} {100 * r['gen_share']:5.1f}% "
             f"{r['gen_tokens_per_s']:9.0f} {pf:>7} {mfu:>9}"
         )
+    phased = [r for r in rows if "update_gib" in r]
+    if phased:
+        print("\npeak allocated GiB by phase (resident = between steps: weights, optimizer state)")
+        for r in phased:
+            print(
+                f"{r['name']:<34} resident {r['resident_gib']:6.2f}  generation "
+                f"{r['generate_gib']:6.2f}  update {r['update_gib']:6.2f}"
+            )
     trl = next((r for r in rows if r["name"].startswith("TRL")), None)
     if trl:
         for r in rows:
@@ -463,7 +508,8 @@ def main() -> None:
     ap.add_argument(
         "--variants",
         default="static,static+ckpt,static+ckpt+mb64,trl,eager",
-        help="runs in order: static, static+ckpt, static+ckpt+mb64, static+compile, eager, trl",
+        help="runs in order: static, static+ckpt, static+ckpt+mb64, static+ckpt+adafactor, "
+        "static+ckpt+mb64+adafactor, static+compile, eager, trl, trl+adafactor",
     )
     ap.add_argument("--json", default=None, help="write every number here")
     args = ap.parse_args()
@@ -478,6 +524,17 @@ def main() -> None:
             "rollout.backend=static",
             "model.gradient_checkpointing=true",
             "loss.micro_batch_size=64",
+        ],
+        "static+ckpt+adafactor": [  # no first moment, factored second: a few MiB of state
+            "rollout.backend=static",
+            "model.gradient_checkpointing=true",
+            "optim.name=adafactor",
+        ],
+        "static+ckpt+mb64+adafactor": [
+            "rollout.backend=static",
+            "model.gradient_checkpointing=true",
+            "loss.micro_batch_size=64",
+            "optim.name=adafactor",
         ],
         "static+compile": ["rollout.backend=static", "rollout.compile=true"],
         "eager": ["rollout.backend=eager"],
@@ -517,8 +574,9 @@ def main() -> None:
         for v in args.variants.split(","):
             t0 = time.perf_counter()
             try:
-                if v == "trl":
-                    r = run_trl(args, anchor)
+                if v in ("trl", "trl+adafactor"):
+                    optim = "adafactor" if v == "trl+adafactor" else "adamw_torch"
+                    r = run_trl(args, anchor, optim)
                     rows.extend([r] if r else [])
                 else:
                     rows.append(run_steerl(args, anchor, f"steerl ({v})", variants[v]))

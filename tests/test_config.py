@@ -105,3 +105,16 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
     assert again.recipe == "default"
+
+
+def test_optimizer_keys_of_another_optimizer_are_refused() -> None:
+    msg = _error(["optim.name=adafactor", "optim.betas=[0.9, 0.95]"])
+    assert "optim.betas" in msg and "adafactor" in msg
+    msg = _error(["optim.beta2_decay=-0.5"])
+    assert "optim.beta2_decay" in msg and "adamw" in msg
+    msg = _error(["optim.name=adafactor", "optim.beta2_decay=0.5"])
+    assert "beta2_decay" in msg and "0.5" in msg
+    # a saved full config (every key written out) loads again
+    cfg = load_config(None, ["optim.name=adafactor", "optim.clip_threshold=2"])
+    again = Config.model_validate(cfg.model_dump(mode="json"))
+    assert again.optim.name == "adafactor" and again.optim.clip_threshold == 2.0

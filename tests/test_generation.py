@@ -245,3 +245,24 @@ def test_trainer_runs_with_the_static_backend(tiny_config, tmp_path):
     assert trainer.sampler_backend == "static"
     summary = trainer.train()
     assert summary["rl_steps"] == 2 and summary["completed"]
+
+
+def test_evaluation_decodes_with_the_rollout_backend_and_frees_it(tiny_config, tmp_path):
+    from steerl.generation import static
+    from steerl.trainer import Trainer
+
+    # 7 held-out prompts in chunks of 512: one padded chunk
+    extra = ("warmup.steps=2", "task.arithmetic.eval_per_level=7")
+    eager = Trainer(tiny_config(*extra, "rollout.backend=eager"), tmp_path / "e")
+    fast = Trainer(tiny_config(*extra, "rollout.backend=static"), tmp_path / "s")
+    for t in (eager, fast):  # a few SFT steps: completions that are not all alike
+        t.warmup_step()
+        t.warmup_step()
+    calls = []
+    real = static.StaticSampler.run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(static.StaticSampler, "run", lambda s, *a: calls.append(s.n) or real(s, *a))
+        acc = fast.evaluate()
+    assert calls and all(n == calls[0] for n in calls)  # padded to one shape
+    assert acc == eager.evaluate()  # greedy: the same completions, the same accuracy
+    assert not static._SAMPLERS  # nothing kept after evaluation

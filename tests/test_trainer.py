@@ -119,19 +119,28 @@ def test_resume_continues_exactly(tmp_path, tiny_config):
     assert json.loads((run_b / "summary.json").read_text())["final"] == summary["final"]
 
 
-def test_rl_phase_has_its_own_optimizer_and_resumes_across_the_boundary(tmp_path, tiny_config):
-    extra = (VARIED_REWARDS, "optim.name=sgd", "optim.lr=0.05", "train.steps=2")
+@pytest.mark.parametrize(
+    ("name", "cls"), [("sgd", torch.optim.SGD), ("adafactor", torch.optim.Adafactor)]
+)
+def test_rl_phase_has_its_own_optimizer_and_resumes_across_the_boundary(
+    tmp_path, tiny_config, name, cls
+):
+    extra = (VARIED_REWARDS, f"optim.name={name}", "optim.lr=0.05", "train.steps=2")
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     trainer_a = Trainer(tiny_config(*extra), run_a)
     assert isinstance(trainer_a.optimizer, torch.optim.AdamW)  # the warm-up (SFT) optimizer
     trainer_a.train()
-    assert isinstance(trainer_a.optimizer, torch.optim.SGD)  # optim.* applies to RL
+    assert isinstance(trainer_a.optimizer, cls)  # optim.* applies to RL
+    if name == "adafactor":  # factored second moment: a row and a column per matrix
+        state = trainer_a.optimizer.state
+        mat = next(p for p in trainer_a.model.parameters() if p.dim() == 2 and p in state)
+        assert state[mat]["row_var"].numel() + state[mat]["col_var"].numel() < mat.numel()
 
     Trainer(tiny_config(*extra, "train.stop_after=3"), run_b).train()
     assert latest_checkpoint(run_b).name == "step_3"
     trainer_b = Trainer(tiny_config(*extra), run_b)
     trainer_b.train()
-    assert isinstance(trainer_b.optimizer, torch.optim.SGD)
+    assert isinstance(trainer_b.optimizer, cls)
     after_a = [_numeric(r) for r in read_metrics(run_a) if r["step"] > 3]
     after_b = [_numeric(r) for r in read_metrics(run_b) if r["step"] > 3]
     assert after_b == after_a and len(after_a) == 3

@@ -468,11 +468,44 @@ def preset_values(preset: str | None, kl_in: str | None = None) -> dict[str, Any
 
 # --------------------------------------------------------------------------- optimiser / schedule
 class OptimConfig(Section):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"  # torch.optim class
+    """The RL phase's optimizer: a ``torch.optim`` class.
+
+    ``adafactor`` (``torch.optim.Adafactor``) keeps no first moment and factors the second
+    into a row and a column vector per matrix, so its state is a few MiB where AdamW's is
+    twice the weights: the memory-lean choice. Its ``lr`` is relative: each update is at most
+    ``min(lr, 1/sqrt(t)) x max(1e-3, RMS(parameter))``.
+    """
+
+    name: Literal["adamw", "adam", "sgd", "adafactor"] = "adamw"  # torch.optim class
     lr: float = Field(1e-4, gt=0)  # peak learning rate of the RL phase
     betas: tuple[float, float] = (0.9, 0.999)  # Adam moments
     weight_decay: float = Field(0.0, ge=0)  # decoupled weight decay
     eps: float = Field(1e-8, gt=0)  # Adam epsilon
+    beta2_decay: float = Field(-0.8, lt=0)  # adafactor: second-moment decay 1 - t**beta2_decay
+    clip_threshold: float = Field(1.0, gt=0)  # adafactor: cap on the update's RMS (its d)
+
+    @model_validator(mode="after")
+    def _keys_of_the_optimizer(self) -> OptimConfig:
+        # judged against the defaults (not the keys given) so a saved full config reloads
+        fields = type(self).model_fields
+
+        def changed(keys: tuple[str, ...]) -> list[str]:
+            return [k for k in keys if getattr(self, k) != fields[k].default]
+
+        adam_only = changed(("betas", "eps"))
+        if self.name in ("sgd", "adafactor") and adam_only:
+            raise ValueError(
+                f"optim.{adam_only[0]}={getattr(self, adam_only[0])!r} is an Adam setting; "
+                f"optim.name={self.name} has no Adam moments (remove the key, or use "
+                "optim.name=adam|adamw)"
+            )
+        adafactor_only = changed(("beta2_decay", "clip_threshold"))
+        if self.name != "adafactor" and adafactor_only:
+            raise ValueError(
+                f"optim.{adafactor_only[0]} applies to optim.name=adafactor only "
+                f"(optim.name is {self.name})"
+            )
+        return self
 
 
 class ParamGroupSpec(Section):

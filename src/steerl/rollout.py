@@ -137,13 +137,15 @@ def generate(
     backend: str = "eager",
     compile: bool = False,
     ignore_eos: bool = False,
+    keep_sampler: bool = True,
 ) -> Rollout:
     """Sample one completion per row of ``prompt_ids`` (repeat rows for groups).
 
     ``backend``: ``eager`` or ``static`` (see :data:`BACKENDS`; resolve ``auto`` first with
     :func:`resolve_backend`); ``compile`` applies to ``static`` on CUDA (``torch.compile`` of
     each layer's pure parts). ``ignore_eos`` samples past EOS: every completion is
-    ``max_new_tokens`` long and counts as truncated (for benchmarks).
+    ``max_new_tokens`` long and counts as truncated (for benchmarks). ``keep_sampler=False``
+    frees the static sampler built for this call (evaluation batches).
     """
     was_training = model.training
     model.eval()
@@ -162,7 +164,7 @@ def generate(
             from steerl.generation.static import static_generate
 
             tokens, logprobs, _ = static_generate(
-                model, prompt_ids, prompt_mask, compile=compile, **kw
+                model, prompt_ids, prompt_mask, compile=compile, keep=keep_sampler, **kw
             )
         else:
             tokens, logprobs = _eager_generate(model, prompt_ids, prompt_mask, **kw)

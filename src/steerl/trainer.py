@@ -182,6 +182,16 @@ class Trainer:
         params = param_groups(self.model, self.cfg.schedule, o.lr)
         if o.name == "sgd":
             return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.name == "adafactor":
+            # one tensor at a time: temporaries of the largest parameter, not of all of them
+            return torch.optim.Adafactor(
+                params,
+                lr=o.lr,
+                beta2_decay=o.beta2_decay,
+                d=o.clip_threshold,
+                weight_decay=o.weight_decay,
+                foreach=False,
+            )
         cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
         # fused on CUDA: one kernel per step and no parameter-sized temporaries (foreach has)
         fused = True if self.device.type == "cuda" else None
@@ -836,17 +846,23 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Greedy accuracy on the held-out prompts, per difficulty level."""
+        """Greedy accuracy on the held-out prompts, per difficulty level.
+
+        Decodes with the rollout's sampler backend (``rollout.backend``); the static one
+        decodes chunks of one size (the last is padded with repeats, dropped after) and frees
+        its KV cache after each chunk, so evaluation leaves no memory behind.
+        """
         cfg = self.cfg
         prompts = ddp.shard_uneven(self.task.eval)  # under torchrun: each rank a share
         max_new = cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens
         scores: list[float] = []
-        chunk = 512
+        chunk = max(1, min(512, len(prompts)))
         for i in range(0, len(prompts), chunk):
             part = prompts[i : i + chunk]
-            ids, mask = encode_prompts(
-                self.tokenizer, [p.text for p in part], self.device, cfg.model.chat_template
-            )
+            texts = [p.text for p in part]
+            if self.sampler_backend == "static":
+                texts += texts[-1:] * (chunk - len(part))  # one shape for every chunk
+            ids, mask = encode_prompts(self.tokenizer, texts, self.device, cfg.model.chat_template)
             out = generate(
                 self.model,
                 ids,
@@ -855,8 +871,10 @@ class Trainer:
                 eos_token_id=self.tokenizer.eos_token_id,
                 pad_token_id=self.tokenizer.pad_token_id,
                 greedy=True,
+                backend=self.sampler_backend,
+                keep_sampler=False,
             )
-            comps = decode_completions(self.tokenizer, out)
+            comps = decode_completions(self.tokenizer, out)[: len(part)]
             res = self.eval_rewards.score([p.text for p in part], comps, _prompt_fields(part), -1)
             scores.extend(res.scores[:, 0].nan_to_num(0.0).tolist())
         levels = [p.level for p in prompts]

@@ -404,8 +404,14 @@ def static_generate(
     greedy: bool,
     generator: torch.Generator | None,
     compile: bool = False,
+    keep: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Sample with a cached :class:`StaticSampler` for this shape (built on first use)."""
+    """Sample with a cached :class:`StaticSampler` for this shape (built on first use).
+
+    ``keep=False`` builds a sampler for this call alone and frees it (its KV cache and
+    graph) afterwards: for occasional batches such as evaluation, whose cache would
+    otherwise stay allocated through training.
+    """
     n, p = prompt_ids.shape
     width = -(-p // PROMPT_BUCKET) * PROMPT_BUCKET
     use_graph = prompt_ids.device.type == "cuda"
@@ -424,7 +430,7 @@ def static_generate(
         compile and use_graph,
     )
     sampler = _SAMPLERS.get(key)
-    if sampler is None or not sampler.is_valid_for(model):
+    if sampler is None or not sampler.is_valid_for(model) or not keep:
         while len(_SAMPLERS) >= _KEEP:
             _SAMPLERS.popitem(last=False)
         sampler = StaticSampler(
@@ -441,6 +447,8 @@ def static_generate(
             use_graph=use_graph,
             compile_step=compile and use_graph,
         )
+        if not keep:
+            return sampler.run(prompt_ids, prompt_mask)
         _SAMPLERS[key] = sampler
     _SAMPLERS.move_to_end(key)
     return sampler.run(prompt_ids, prompt_mask)
