@@ -146,7 +146,7 @@ def peak_gib(device) -> float:
 
 
 # --------------------------------------------------------------------------- steerl
-def run_steerl(args, anchor: Path, name: str, extra: list[str]) -> dict:
+def run_steerl(args, anchor: Path, name: str, extra: list[str], snapshot: bool = False) -> dict:
     from steerl.generation.static import clear_cache
     from steerl.trainer import Trainer
 
@@ -187,6 +187,8 @@ def run_steerl(args, anchor: Path, name: str, extra: list[str]) -> dict:
                 sync(device)
                 reset_memory(device)
                 phases.update(resident=allocated_gib(device), generate=0.0, update=0.0)
+                if snapshot and device.type == "cuda":  # record from the first timed step
+                    torch.cuda.memory._record_memory_history(max_entries=2_000_000)
             sync(device)
             t0 = time.perf_counter()
             m = trainer.rl_step()
@@ -199,6 +201,11 @@ def run_steerl(args, anchor: Path, name: str, extra: list[str]) -> dict:
             gn = m.get("train/grad_norm", float("nan"))
             actions.append(f"{m.get('stability/action')}(|g|={gn:.3g})")
         print(f"steerl {name} updates: {' '.join(actions)}", flush=True)
+        if snapshot and device.type == "cuda":
+            snap = torch.cuda.memory._snapshot()
+            torch.cuda.memory._record_memory_history(enabled=None)
+            print(f"memory at the peak, {name} (allocated during the timed steps):")
+            print("\n".join(peak_breakdown(snap)), flush=True)
         # the phase trackers reset the peak counter: the step's peak is the largest of theirs
         peak = max(peak_gib(device), phases["generate"], phases["update"])
         model = trainer.model
@@ -209,6 +216,37 @@ def run_steerl(args, anchor: Path, name: str, extra: list[str]) -> dict:
     reset_memory(device)
     row = summarise(name, times, gen, toks, peak, flops, params, args, train=upd)
     return row | {f"{k}_gib": v for k, v in phases.items()}
+
+
+def peak_breakdown(snapshot: dict, top: int = 12) -> list[str]:
+    """What was allocated at the moment of peak memory, by the code that allocated it.
+
+    Replays the allocator trace of ``torch.cuda.memory._snapshot()`` (recorded with Python
+    stacks), keeps the set of live blocks at the largest total, and sums them by the first
+    steerl/transformers/torch frame of their allocating stack.
+    """
+    live: dict[int, tuple[int, str]] = {}
+    total = best = 0
+    at_peak: dict[int, tuple[int, str]] = {}
+    for ev in snapshot["device_traces"][0]:
+        if ev["action"] == "alloc":
+            frames = [f for f in ev.get("frames", []) if f["filename"].endswith(".py")]
+            ours = [f for f in frames if "steerl" in f["filename"] or "benchmarks" in f["filename"]]
+            f = (ours or frames or [{"filename": "?", "line": 0, "name": "?"}])[0]
+            site = f"{Path(f['filename']).name}:{f['line']} {f['name']}"
+            live[ev["addr"]] = (ev["size"], site)
+            total += ev["size"]
+            if total > best:
+                best, at_peak = total, dict(live)
+        elif ev["action"] == "free_completed" and ev["addr"] in live:
+            total -= live.pop(ev["addr"])[0]
+    by_site: dict[str, int] = {}
+    for size, site in at_peak.values():
+        by_site[site] = by_site.get(site, 0) + size
+    rows = sorted(by_site.items(), key=lambda kv: -kv[1])[:top]
+    return [f"{size / 2**30:7.3f} GiB  {site}" for site, size in rows] + [
+        f"{best / 2**30:7.3f} GiB  live at the peak of the trace (allocations made while tracing)"
+    ]
 
 
 def allocated_gib(device) -> float:
@@ -512,6 +550,11 @@ def main() -> None:
         "static+ckpt+mb64+adafactor, static+compile, eager, trl, trl+adafactor",
     )
     ap.add_argument("--json", default=None, help="write every number here")
+    ap.add_argument(
+        "--snapshot",
+        default="",
+        help="variants whose timed steps record allocations: prints what is live at the peak",
+    )
     args = ap.parse_args()
     if args.tiny:
         args.prompt_len, args.new_tokens = min(args.prompt_len, 16), min(args.new_tokens, 12)
@@ -579,7 +622,8 @@ def main() -> None:
                     r = run_trl(args, anchor, optim)
                     rows.extend([r] if r else [])
                 else:
-                    rows.append(run_steerl(args, anchor, f"steerl ({v})", variants[v]))
+                    snap = v in args.snapshot.split(",")
+                    rows.append(run_steerl(args, anchor, f"steerl ({v})", variants[v], snap))
             except Exception as e:  # noqa: BLE001 - report what was measured, then the error
                 report(check)
                 print(f"{v} failed: {type(e).__name__}: {str(e).splitlines()[0]}")

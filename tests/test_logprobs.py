@@ -78,7 +78,7 @@ def test_head_logprobs_chunks_agree_with_one_chunk():
     torch.testing.assert_close(got_lp, want_lp.float())
     torch.testing.assert_close(got_ent, want_ent.float())
     # gradients (float64 reference vs the chunked backward)
-    for f in (lambda a, b: (a * 1.3).sum() - b.sum(), lambda a, b: a.sum()):
+    for f in (lambda a, b: (a * 1.3).sum() - b.sum(), lambda a, b: a.sum(), lambda a, b: b.sum()):
         grads_want = torch.autograd.grad(
             f(want_lp, want_ent), (hidden, weight, bias), retain_graph=True
         )

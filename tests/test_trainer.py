@@ -147,6 +147,15 @@ def test_rl_phase_has_its_own_optimizer_and_resumes_across_the_boundary(
     assert _same(_final_weights(run_a), _final_weights(run_b))
 
 
+def test_no_gradients_are_held_between_steps(tmp_path, tiny_config):
+    # kept after the update, they would sit in memory through the next generation
+    trainer = Trainer(tiny_config(VARIED_REWARDS, "warmup.steps=1", "train.steps=1"), tmp_path)
+    for step in (trainer.warmup_step, trainer.rl_step):
+        m = step()
+        assert m.get("stability/action", "apply") == "apply"
+        assert all(p.grad is None for p in trainer.model.parameters())
+
+
 def test_resume_of_a_finished_run_does_nothing_more(tmp_path, tiny_config):
     cfg = tiny_config(VARIED_REWARDS, "warmup.steps=1", "train.steps=1")
     Trainer(cfg, tmp_path).train()

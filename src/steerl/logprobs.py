@@ -76,22 +76,28 @@ class _ChunkedHeadLogprobs(torch.autograd.Function):
         hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
         chunk = ctx.chunk
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        if grad_lp is None and grad_ent is None:
+            return None, None, None, None, None
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
         for i in range(0, hidden.shape[0], chunk):
             h = hidden[i : i + chunk]
-            z = F.linear(h, weight, bias).float()
-            logp = z - lse[i : i + chunk, None]
-            p = logp.exp()
-            dz = torch.zeros_like(z)
-            if grad_lp is not None:
-                g = grad_lp[i : i + chunk, None]
-                dz -= g * p
-                dz.scatter_add_(-1, targets[i : i + chunk, None], g)
+            # dz = -p * (g_lp + g_ent * (logp + H)) + g_lp * onehot(y), written in place: two
+            # float32 chunk buffers (logp, then p -> dz) and the dz cast, no temporaries
+            logp = F.linear(h, weight, bias).float().sub_(lse[i : i + chunk, None])
+            dz = logp.exp()
+            g_lp = None if grad_lp is None else grad_lp[i : i + chunk, None]
             if grad_ent is not None:
-                g = grad_ent[i : i + chunk, None]
-                dz -= g * p * (logp + ent[i : i + chunk, None])
+                coef = logp.add_(ent[i : i + chunk, None]).mul_(grad_ent[i : i + chunk, None])
+                if g_lp is not None:
+                    coef.add_(g_lp)
+                dz.mul_(coef).neg_()
+            else:
+                dz.mul_(g_lp).neg_()
+            del logp
+            if g_lp is not None:
+                dz.scatter_add_(-1, targets[i : i + chunk, None], g_lp)
             dz = dz.to(weight.dtype)
             if grad_h is not None:
                 grad_h[i : i + chunk] = dz @ weight

@@ -342,6 +342,7 @@ class Trainer:
         ddp.all_reduce_grads(self.model.parameters())
         pre, _ = grad_norm_and_clip(self.model.parameters(), self.cfg.stability.max_grad_norm)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # no gradients held between steps
         self.state.warmup_step += 1
         if self.state.warmup_step == w.steps:  # RL starts with its own optimizer (as on resume)
             self.optimizer = self._make_optimizer("rl")
@@ -757,6 +758,8 @@ class Trainer:
             if decision.action == "apply":
                 self._set_lr(step, lr_scale=decision.lr_scale)
                 self.optimizer.step()
+                # free the gradients now: kept, they would sit through the next generation
+                self.optimizer.zero_grad(set_to_none=True)
                 continue
             self.optimizer.zero_grad(set_to_none=True)
             if decision.action == "rollback":
