@@ -53,12 +53,27 @@ def test_one_update_on_two_ranks_equals_the_whole_batch_on_one(tmp_path):
     assert two["balancer"] == pytest.approx(one["balancer"], rel=1e-6)
 
 
-def test_torchrun_train_writes_one_run_dir_and_resumes_exactly(tmp_path, tiny_overrides):
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (NCCL)"
+            ),
+        ),
+    ],
+)
+def test_torchrun_train_writes_one_run_dir_and_resumes_exactly(tmp_path, tiny_overrides, device):
     """Rank 0 writes the run; with DAPO dynamic sampling (refill rounds on global counts), a
     run stopped mid-RL and resumed under torchrun logs what the uninterrupted run logged
-    (every rank's sampler state is in the checkpoint)."""
+    (every rank's sampler state is in the checkpoint). On CUDA: NCCL, one GPU per rank, the
+    static sampler (``rollout.backend=auto``), float32 so resumed sums match to 1e-5."""
+    on_cuda = ["model.device=cuda", "model.dtype=float32"] if device == "cuda" else []
     keys = [
         *tiny_overrides,
+        *on_cuda,
         "curriculum.drop_zero_variance=true",  # refills decided on global counts, kept
         "curriculum.max_refill_rounds=2",  # groups dealt out again in equal shares
         "rewards.0.name=length_penalty",  # varies in some groups: refills, non-zero gradients

@@ -104,3 +104,51 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_config):
         grads.append([p.grad.clone() for p in policy.model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_head_gradient_added_in_place_equals_autograd_accumulation(monkeypatch):
+    """Micro-batched accumulation: with ``head_grad_into_param`` the head's weight gradient
+    goes straight into ``weight.grad`` (autograd gets None) and the sums are the same."""
+    g = torch.Generator().manual_seed(0)
+    weight0 = torch.randn(50, 16, generator=g, dtype=torch.float64)
+    batches = [
+        (torch.randn(2, 5, 16, generator=g, dtype=torch.float64), torch.randint(0, 50, (2, 5)))
+        for _ in range(3)
+    ]
+
+    allocated = []
+    zeros_like = torch.zeros_like
+
+    def counting_zeros_like(t, *a, **k):
+        allocated.append(t.shape)
+        return zeros_like(t, *a, **k)
+
+    monkeypatch.setattr(torch, "zeros_like", counting_zeros_like)
+
+    def accumulate(into: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        allocated.clear()
+        weight = weight0.clone().requires_grad_(True)
+        seen = []
+        for hidden, targets in batches:
+            hidden = hidden.clone().requires_grad_(True)
+            with lp_mod.head_grad_into_param(into):
+                lp, ent = head_logprobs(hidden, weight, None, targets, chunk_elements=50 * 3)
+            before = None if weight.grad is None else weight.grad.data_ptr()
+            (lp.sum() - 0.5 * ent.sum()).backward()
+            if before is not None:  # the same buffer, added to (never replaced) either way
+                assert weight.grad.data_ptr() == before
+            seen.append(hidden.grad)
+        # head-sized gradient buffers: the first micro-batch's only, or one per micro-batch
+        assert allocated.count(weight.shape) == (1 if into else len(batches))
+        return weight.grad, seen
+
+    (w_in, h_in), (w_ag, h_ag) = accumulate(True), accumulate(False)
+    torch.testing.assert_close(w_in, w_ag)
+    for a, b in zip(h_in, h_ag):
+        torch.testing.assert_close(a, b)
+    # torch.autograd.grad outside the context still gets the head's gradient returned
+    weight = weight0.clone().requires_grad_(True)
+    hidden, targets = batches[0]
+    lp, _ = head_logprobs(hidden, weight, None, targets)
+    (gw,) = torch.autograd.grad(lp.sum(), weight)
+    assert gw.abs().sum() > 0 and weight.grad is None

@@ -541,12 +541,15 @@ def test_trainer_gradient_does_not_depend_on_micro_batch_size(tmp_path, tiny_con
     )
     assert batch.truncated.any() and not batch.truncated.all()
     adv = torch.randn(12, generator=torch.Generator().manual_seed(1))
-    trainer.optimizer.step = lambda: None  # keep the weights; read the gradient
     grads = []
+    # keep the weights; read the gradient the optimizer would step with
+    trainer.optimizer.step = lambda: grads.append(
+        [p.grad.clone() for p in trainer.model.parameters()]
+    )
     for mbs in (1, 5, 256):
         trainer.cfg.loss.micro_batch_size = mbs
         trainer._policy_update(batch, adv)
-        grads.append([p.grad.clone() for p in trainer.model.parameters()])
+    assert len(grads) == 3
     for other in grads[1:]:
         for a, b in zip(grads[0], other):
             torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)

@@ -156,6 +156,33 @@ def test_no_gradients_are_held_between_steps(tmp_path, tiny_config):
         assert all(p.grad is None for p in trainer.model.parameters())
 
 
+def test_head_gradient_in_place_gives_the_update_of_plain_accumulation(
+    tmp_path, tiny_config, monkeypatch
+):
+    import contextlib
+
+    import steerl.trainer as trainer_mod
+
+    extra = (VARIED_REWARDS, "warmup.steps=1", "train.steps=1", "loss.micro_batch_size=4")
+
+    def params_after_one_rl_step(in_place: bool) -> list[torch.Tensor]:
+        if not in_place:
+            monkeypatch.setattr(
+                trainer_mod, "head_grad_into_param", lambda on=True: contextlib.nullcontext()
+            )
+        trainer = Trainer(tiny_config(*extra), tmp_path / str(in_place))
+        trainer.warmup_step()
+        start = [p.detach().clone() for p in trainer.model.parameters()]
+        assert trainer.rl_step()["stability/action"] == "apply"
+        monkeypatch.undo()
+        end = [p.detach().clone() for p in trainer.model.parameters()]
+        assert any(not torch.equal(a, b) for a, b in zip(start, end))
+        return end
+
+    for a, b in zip(params_after_one_rl_step(True), params_after_one_rl_step(False)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_resume_of_a_finished_run_does_nothing_more(tmp_path, tiny_config):
     cfg = tiny_config(VARIED_REWARDS, "warmup.steps=1", "train.steps=1")
     Trainer(cfg, tmp_path).train()

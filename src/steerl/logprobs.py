@@ -15,6 +15,9 @@ Math, for logits ``z`` (one position), target ``y``, ``p = softmax(z)``, ``H = -
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
@@ -23,6 +26,26 @@ from steerl.rollout import Rollout, position_ids_from_mask
 
 #: float32 logits per chunk of the LM head (2**24: 64 MiB, ~110 positions of a 152k vocab).
 CHUNK_ELEMENTS = 1 << 24
+
+#: Set by :func:`head_grad_into_param` for the forwards made inside it.
+_INTO_GRAD = False
+
+
+@contextlib.contextmanager
+def head_grad_into_param(enabled: bool = True) -> Iterator[None]:
+    """Heads run inside add their weight gradient straight into ``weight.grad``.
+
+    For micro-batched gradient accumulation through one plain ``backward()`` per micro-batch:
+    once ``weight.grad`` exists, autograd would otherwise hold a second weight-sized gradient
+    (the head's, 0.25 GiB for a 152k x 896 head) until it adds it in. Never use it around a
+    graph that ``torch.autograd.grad`` differentiates (it would write into ``.grad``).
+    """
+    global _INTO_GRAD
+    before, _INTO_GRAD = _INTO_GRAD, enabled
+    try:
+        yield
+    finally:
+        _INTO_GRAD = before
 
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -68,6 +91,7 @@ class _ChunkedHeadLogprobs(torch.autograd.Function):
             lse[i : i + chunk] = lse_c
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
         ctx.chunk = chunk
+        ctx.into_grad = _INTO_GRAD
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
         return lp, ent
 
@@ -79,7 +103,14 @@ class _ChunkedHeadLogprobs(torch.autograd.Function):
         if grad_lp is None and grad_ent is None:
             return None, None, None, None, None
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_w = acc_w = None
+        if need_w:
+            g = weight.grad
+            into = ctx.into_grad and g is not None and g.dtype == weight.dtype
+            if into and g.shape == weight.shape and not torch.is_grad_enabled():
+                acc_w = g  # added in place; autograd gets None for the weight
+            else:
+                grad_w = acc_w = torch.zeros_like(weight)
         grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
         for i in range(0, hidden.shape[0], chunk):
             h = hidden[i : i + chunk]
@@ -101,8 +132,8 @@ class _ChunkedHeadLogprobs(torch.autograd.Function):
             dz = dz.to(weight.dtype)
             if grad_h is not None:
                 grad_h[i : i + chunk] = dz @ weight
-            if grad_w is not None:
-                grad_w.addmm_(dz.t(), h.to(weight.dtype))
+            if acc_w is not None:
+                acc_w.addmm_(dz.t(), h.to(weight.dtype))
             if grad_b is not None:
                 grad_b += dz.sum(0)
         return grad_h, grad_w, grad_b, None, None

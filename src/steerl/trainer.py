@@ -28,7 +28,7 @@ from steerl.config import Config, ConfigError, RewardSpec
 from steerl.curriculum import build_curriculum, curriculum_metrics, sample_groups
 from steerl.curriculum.filters import cat_rollouts
 from steerl.logging import ConsoleProgress, MetricLogger
-from steerl.logprobs import completion_logprobs
+from steerl.logprobs import completion_logprobs, head_grad_into_param
 from steerl.losses import (
     DemoInputs,
     LossInputs,
@@ -44,6 +44,7 @@ from steerl.losses.base import loss_mask
 from steerl.models import load_policy, make_reference, reference_view
 from steerl.objectives import build_balancer, build_combiner
 from steerl.objectives.advantages import compute_advantages
+from steerl.objectives.balancers import Balancer
 from steerl.rewards import build_rewards
 from steerl.rollout import (
     Rollout,
@@ -788,36 +789,40 @@ class Trainer:
         total_tokens, total_seqs, all_tokens = denominators
         sums: dict[str, float] = {}
         term_values: dict[str, float] = {}
-        for idx in plan:
-            mb = batch.index(idx)
-            lp, ent = completion_logprobs(
-                self.model, mb, with_entropy=True, entropy_grad=lc.entropy_coef > 0
-            )
-            inputs = LossInputs(
-                logprobs=lp,
-                old_logprobs=lp.detach() if old_lp is None else old_lp[idx],
-                advantages=adv[idx],
-                mask=mb.completion_mask.float(),
-                total_tokens=total_tokens,
-                total_sequences=total_seqs,
-                ref_logprobs=None if ref_lp is None else ref_lp[idx],
-                entropy=ent,
-                max_len=float(cfg.rollout.max_new_tokens),
-                truncated=mb.truncated,
-            )
-            loss, metrics = self.loss(inputs)
-            terms = {"policy": loss}
-            for term in self.aux_terms:
-                value, term_metrics = self._aux_term(term, idx, inputs, aux)
-                terms[term.name] = term.coef * value
-                metrics.update({f"{term.name}/{k}": v for k, v in term_metrics.items()})
-            self.balancer.tap(lp, ent)  # per-token tensors: per-term gradients in one pass
-            self.balancer.combine(terms, self.model.parameters())
-            for k, v in terms.items():
-                term_values[k] = term_values.get(k, 0.0) + float(v.detach())
-            metrics["entropy"] = (ent.detach() * inputs.mask).sum() / all_tokens
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+        # one plain backward per micro-batch (loss-level balancers): the LM head adds its
+        # weight gradient into .grad in place (no second head-sized gradient at the peak)
+        plain = type(self.balancer).combine is Balancer.combine
+        with head_grad_into_param(plain):
+            for idx in plan:
+                mb = batch.index(idx)
+                lp, ent = completion_logprobs(
+                    self.model, mb, with_entropy=True, entropy_grad=lc.entropy_coef > 0
+                )
+                inputs = LossInputs(
+                    logprobs=lp,
+                    old_logprobs=lp.detach() if old_lp is None else old_lp[idx],
+                    advantages=adv[idx],
+                    mask=mb.completion_mask.float(),
+                    total_tokens=total_tokens,
+                    total_sequences=total_seqs,
+                    ref_logprobs=None if ref_lp is None else ref_lp[idx],
+                    entropy=ent,
+                    max_len=float(cfg.rollout.max_new_tokens),
+                    truncated=mb.truncated,
+                )
+                loss, metrics = self.loss(inputs)
+                terms = {"policy": loss}
+                for term in self.aux_terms:
+                    value, term_metrics = self._aux_term(term, idx, inputs, aux)
+                    terms[term.name] = term.coef * value
+                    metrics.update({f"{term.name}/{k}": v for k, v in term_metrics.items()})
+                self.balancer.tap(lp, ent)  # per-token tensors: per-term gradients in one pass
+                self.balancer.combine(terms, self.model.parameters())
+                for k, v in terms.items():
+                    term_values[k] = term_values.get(k, 0.0) + float(v.detach())
+                metrics["entropy"] = (ent.detach() * inputs.mask).sum() / all_tokens
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
         return sums, term_values
 
     def _aux_term(
