@@ -93,3 +93,17 @@ def test_threshold_guards():
     assert build_threshold_guards(GuardsConfig()) == []
     with pytest.raises(ValueError, match="action"):
         ThresholdGuard("m", 1.0, "max", "explode")
+
+
+def test_all_finite_checks_every_chunk():
+    from steerl.stability.guards import all_finite
+
+    t = torch.zeros(10, 7)
+    assert all_finite(t, chunk=8)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t[9, 6] = bad  # the last value, in the last (short) chunk
+        assert not all_finite(t, chunk=8)
+        t[9, 6] = 0.0
+        t[0, 0] = bad
+        assert not all_finite(t, chunk=8)
+        t[0, 0] = 0.0

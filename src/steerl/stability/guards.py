@@ -104,16 +104,29 @@ def diagnose(
     for name, p in named_params or ():
         bad = False
         with torch.no_grad():
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            if p.grad is not None and not all_finite(p.grad):
                 d.grads.append(name)
                 bad = True
-            if not bool(torch.isfinite(p.detach()).all()):
+            if not all_finite(p.detach()):
                 d.weights.append(name)
                 bad = True
         g = param_group_of(name)
         if bad and g not in d.groups:
             d.groups.append(g)
     return d
+
+
+def all_finite(t: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """True when every value of ``t`` is finite, checked in chunks of ``chunk`` values.
+
+    ``torch.isfinite`` on a whole tensor allocates several temporaries of its size (0.63 GiB
+    for a 152k x 896 bf16 gradient, on a step that is already near the memory peak).
+    """
+    flat = t.detach().reshape(-1)
+    ok = torch.ones((), dtype=torch.bool, device=flat.device)
+    for part in flat.split(chunk):
+        ok &= torch.isfinite(part).all()
+    return bool(ok)
 
 
 class NonFiniteGuard:
