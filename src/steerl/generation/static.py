@@ -314,9 +314,16 @@ class StaticSampler:
         return self._logits(h[:, -1])
 
     def _capture(self) -> None:
-        """Warm up on a side stream (kernels, compilation), then capture one decode step."""
+        """Warm up on a side stream (kernels, compilation), then capture one decode step.
+
+        Neutral to the random state: the warm-up steps draw random numbers, so the
+        generator's state is put back afterwards (a run resumed from a checkpoint captures
+        at another step than the uninterrupted run and must still draw the same samples).
+        """
         state = [self.step, self.valid, self.done, self.cur, self.tokens, self.logprobs]
         saved = [t.clone() for t in state]
+        gen = self.generator
+        rng = gen.get_state() if gen is not None else torch.cuda.get_rng_state()
         self.step.fill_(1)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -333,6 +340,10 @@ class StaticSampler:
             self._decode_step()
         for t, s in zip(state, saved):
             t.copy_(s)
+        if gen is not None:
+            gen.set_state(rng)
+        else:
+            torch.cuda.set_rng_state(rng)
 
     @torch.no_grad()
     def run(
