@@ -59,17 +59,9 @@ def build_model(kind: str, device: torch.device, dtype: torch.dtype):
             tie_word_embeddings=True,
         )
         return Qwen2ForCausalLM(conf).to(device, dtype), (8, 40, 32)
-    conf = Qwen2Config(
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    )
-    return Qwen2ForCausalLM(conf).to(device, dtype), (64, 320, 256)
+    import gpu_step  # its anchor: Qwen2.5-0.5B-shaped (benchmarks/ is on sys.path when run)
+
+    return gpu_step.build_model(tiny=False).to(device, dtype), (64, 320, 256)
 
 
 def make_batch(ids: torch.Tensor, comp: int) -> Rollout:

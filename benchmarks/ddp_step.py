@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import gpu_step  # noqa: E402  (registers the bench_digits reward)
+import gpu_step  # noqa: E402  (the anchor; registers the bench_digits reward)
 
 from steerl import distributed as ddp  # noqa: E402
 from steerl.config import load_config  # noqa: E402
@@ -50,30 +50,10 @@ def worker(args) -> None:
         # gradients on this random model; flash/math are used in every run here
         torch.backends.cuda.enable_mem_efficient_sdp(False)
     overrides = [
-        f"model.name={anchor / 'model'}",
-        f"model.device={args.device}",
-        "model.reference=none",
-        "task.kind=file",
-        f"task.path={anchor / 'p.jsonl'}",
-        "rewards=[{name: bench_digits}]",
-        "warmup.steps=0",
-        f"train.steps={args.warmup + args.steps}",
+        *gpu_step.anchor_overrides(args, anchor),
         f"train.seed={args.seed}",
-        "train.threads=4",
-        f"rollout.prompts_per_step={args.prompts}",
-        f"rollout.group_size={args.group}",
-        f"rollout.max_new_tokens={args.new_tokens}",
-        "rollout.ignore_eos=true",
-        "rollout.temperature=1.0",
-        "loss.kl_coef=0",
-        "curriculum.drop_zero_variance=false",
-        f"loss.micro_batch_size={args.micro_batch}",
         f"model.gradient_checkpointing={str(args.device == 'cuda').lower()}",
         f"optim.lr={args.lr}",
-        "logging.tensorboard=false",
-        "logging.report=false",
-        "logging.progress=false",
-        "logging.samples_every=0",
     ]
     cfg = load_config("default", overrides)
     cuda = args.device == "cuda"

@@ -56,27 +56,31 @@ def digit_share(prompts: list[str], completions: list[str], **_) -> list[float]:
     return [sum(c.isdigit() for c in t) / max(1, len(t)) for t in completions]
 
 
+#: The anchor's shape: Qwen2.5-0.5B's (tied embeddings, 4,096 positions), random weights.
+QWEN05_SHAPE = dict(
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+)
+#: ``--tiny``: the same architecture at CPU size.
+TINY_SHAPE = dict(
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
+
 def build_model(tiny: bool):
+    """The random anchor model (float32, seed 0): Qwen2.5-0.5B-shaped, or small with ``tiny``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    if tiny:
-        shape = dict(
-            vocab_size=512,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    else:
-        shape = dict(
-            vocab_size=151936,
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-        )
+    shape = TINY_SHAPE if tiny else QWEN05_SHAPE
     conf = Qwen2Config(**shape, max_position_embeddings=4096, tie_word_embeddings=True)
     torch.manual_seed(0)
     return Qwen2ForCausalLM(conf)
@@ -146,11 +150,10 @@ def peak_gib(device) -> float:
 
 
 # --------------------------------------------------------------------------- steerl
-def run_steerl(args, anchor: Path, name: str, extra: list[str], snapshot: bool = False) -> dict:
-    from steerl.generation.static import clear_cache
-    from steerl.trainer import Trainer
-
-    overrides = [
+def anchor_overrides(args, anchor: Path) -> list[str]:
+    """Overrides of the default recipe for GRPO steps on the anchor saved by ``save_anchor``
+    (``args``: device, warmup, steps, prompts, group, new_tokens, micro_batch)."""
+    return [
         f"model.name={anchor / 'model'}",
         f"model.device={args.device}",
         "model.reference=none",
@@ -168,14 +171,18 @@ def run_steerl(args, anchor: Path, name: str, extra: list[str], snapshot: bool =
         "loss.kl_coef=0",
         "curriculum.drop_zero_variance=false",  # train every group, as TRL does
         f"loss.micro_batch_size={args.micro_batch}",
-        "optim.lr=1e-6",
         "logging.tensorboard=false",
         "logging.report=false",
         "logging.progress=false",
         "logging.samples_every=0",
-        *extra,
     ]
-    cfg = load_config("default", overrides)
+
+
+def run_steerl(args, anchor: Path, name: str, extra: list[str], snapshot: bool = False) -> dict:
+    from steerl.generation.static import clear_cache
+    from steerl.trainer import Trainer
+
+    cfg = load_config("default", [*anchor_overrides(args, anchor), "optim.lr=1e-6", *extra])
     device = torch.device(args.device)
     reset_memory(device)
     with tempfile.TemporaryDirectory() as run_dir:

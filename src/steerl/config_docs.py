@@ -1,7 +1,8 @@
 """The configuration reference, generated from the pydantic sections of ``steerl.config``.
 
-Every field's one-line description is the comment written beside it in ``config.py`` (the one
-home of defaults), so the reference cannot drift from the code.
+Every field's one-line description is the comment written beside it in its section's module
+(``steerl/configs/*.py``, the one home of defaults), so the reference cannot drift from the
+code.
 """
 
 from __future__ import annotations

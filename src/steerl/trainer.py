@@ -27,18 +27,22 @@ from steerl import distributed as ddp
 from steerl.config import Config, ConfigError, RewardSpec
 from steerl.curriculum import build_curriculum, curriculum_metrics, sample_groups
 from steerl.curriculum.filters import cat_rollouts
+from steerl.evaluation import accuracy_by_level, prompt_fields
 from steerl.logging import ConsoleProgress, MetricLogger
 from steerl.logprobs import completion_logprobs, head_grad_into_param
 from steerl.losses import (
-    DemoInputs,
     LossInputs,
-    LossTerm,
-    PairInputs,
     build_aux_terms,
     build_policy_loss,
     kl_estimate,
     loss_requirements,
     sft_loss,
+)
+from steerl.losses.aux_batch import (
+    AuxBatch,
+    aux_term_value,
+    build_aux_batch,
+    teacher_forcing_batch,
 )
 from steerl.losses.base import loss_mask
 from steerl.models import load_policy, make_reference, reference_view
@@ -88,17 +92,6 @@ class TrainerState:
     generated_tokens: int = 0  # completion tokens sampled in RL steps
     generate_seconds: float = 0.0  # time spent sampling them
     stop_reason: str | None = None  # why the run stopped before train.steps (early stop, ...)
-
-
-@dataclass
-class _AuxBatch:
-    """Data of the auxiliary loss terms for one RL batch (group g = rows g*G .. g*G+G-1)."""
-
-    demos: Rollout | None = None  # reference answers as a teacher-forcing batch
-    demo_group: torch.Tensor | None = None  # (D,) group of each demonstration row
-    demo_tokens: float = 1.0  # demonstration tokens in the whole batch
-    pairs: torch.Tensor | None = None  # (P, 3): group, chosen row, rejected row
-    num_pairs: float = 1.0  # pairs in the whole batch
 
 
 #: The frozen reference RL started from, saved in the run directory after a warm-up.
@@ -304,19 +297,8 @@ class Trainer:
     # ------------------------------------------------------------------ batches
     def make_batch(self, prompts: list[str], completions: list[str]) -> Rollout:
         """Teacher-forcing batch: prompts left-padded, completions + EOS right-padded."""
-        tok = self.tokenizer
-        p_ids, p_mask = encode_prompts(tok, prompts, self.device, self.cfg.model.chat_template)
-        comp = tok(completions, add_special_tokens=False).input_ids
-        t = max(len(c) for c in comp) + 1
-        ids = torch.full((len(comp), t), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(comp), t), dtype=torch.long)
-        for i, c in enumerate(comp):
-            ids[i, : len(c) + 1] = torch.tensor([*c, tok.eos_token_id])
-            mask[i, : len(c) + 1] = 1
-        zeros = torch.zeros(ids.shape, dtype=torch.float32)
-        trunc = torch.zeros(len(comp), dtype=torch.bool)
-        return Rollout(
-            p_ids, p_mask, ids.to(self.device), mask.to(self.device), zeros.to(self.device), trunc
+        return teacher_forcing_batch(
+            self.tokenizer, prompts, completions, self.device, self.cfg.model.chat_template
         )
 
     # ------------------------------------------------------------------ warm-up (SFT)
@@ -514,7 +496,7 @@ class Trainer:
         """
         G = self.cfg.rollout.group_size
         rows = [p for p in prompts for _ in range(G)]
-        scored = self.rewards.score([p.text for p in rows], completions, _prompt_fields(rows), step)
+        scored = self.rewards.score([p.text for p in rows], completions, prompt_fields(rows), step)
         return self.combiner.reward(scored.scores, reward_weights(scored), G), scored
 
     # ------------------------------------------------------------------ schedules / control
@@ -660,42 +642,17 @@ class Trainer:
             all_kept[g0:g1],
         )
 
-    def _aux_batch(self, reward: torch.Tensor, prompts: list[Prompt]) -> _AuxBatch | None:
-        """Data of the ``loss.aux`` terms for the kept groups (one prompt per group).
-
-        Demonstrations: each prompt's reference answer (prompts without one are skipped).
-        Pairs: per group, the best- vs the worst-rewarded completion, where they differ.
-        """
-        kinds = {t.inputs for t in self.aux_terms}
-        if not kinds:
-            return None
+    def _aux_batch(self, reward: torch.Tensor, prompts: list[Prompt]) -> AuxBatch | None:
+        """Data of the ``loss.aux`` terms for the kept groups (``losses.aux_batch``)."""
         G = self.cfg.rollout.group_size
-        aux = _AuxBatch()
-        if "demonstrations" in kinds:
-            groups = [g for g, p in enumerate(prompts) if p.answer is not None]
-            if groups:
-                aux.demos = self.make_batch(
-                    [prompts[g].text for g in groups], [str(prompts[g].answer) for g in groups]
-                )
-                aux.demo_group = torch.tensor(groups)
-            demo_tokens = float(aux.demos.completion_mask.sum()) if groups else 0.0
-            aux.demo_tokens = max(ddp.all_sum([demo_tokens])[0], 1.0)
-        if "pairs" in kinds:
-            r = reward.view(-1, G)
-            hi, lo = r.nan_to_num(-math.inf), r.nan_to_num(math.inf)
-            groups = (hi.amax(-1) > lo.amin(-1)).nonzero().squeeze(-1)
-            chosen = groups * G + hi.argmax(-1)[groups]
-            rejected = groups * G + lo.argmin(-1)[groups]
-            aux.pairs = torch.stack([groups, chosen, rejected], -1)
-            aux.num_pairs = ddp.all_sum([float(len(groups))])[0]
-        return aux
+        return build_aux_batch(self.aux_terms, reward, prompts, G, self.make_batch)
 
     def _policy_update(
         self,
         batch: Rollout,
         adv: torch.Tensor,
         ref_lp: torch.Tensor | None = None,
-        aux: _AuxBatch | None = None,
+        aux: AuxBatch | None = None,
         step: int = 0,
         lr: float = 0.0,
         reward: torch.Tensor | None = None,
@@ -777,7 +734,7 @@ class Trainer:
         adv: torch.Tensor,
         old_lp: torch.Tensor | None,
         ref_lp: torch.Tensor | None,
-        aux: _AuxBatch | None,
+        aux: AuxBatch | None,
         denominators: tuple[float, float, float],
     ) -> tuple[dict[str, float], dict[str, float]]:
         """Loss terms of every micro-batch, each handed to the balancer (which does backward).
@@ -785,7 +742,7 @@ class Trainer:
         ``denominators``: the whole batch's (loss tokens, loss sequences, completion tokens).
         Returns ``(sums, term_values)``: the loss metrics and each term's value, over the step.
         """
-        cfg, lc = self.cfg, self.cfg.loss
+        cfg, lc, G = self.cfg, self.cfg.loss, self.cfg.rollout.group_size
         total_tokens, total_seqs, all_tokens = denominators
         sums: dict[str, float] = {}
         term_values: dict[str, float] = {}
@@ -813,7 +770,7 @@ class Trainer:
                 loss, metrics = self.loss(inputs)
                 terms = {"policy": loss}
                 for term in self.aux_terms:
-                    value, term_metrics = self._aux_term(term, idx, inputs, aux)
+                    value, term_metrics = aux_term_value(term, self.model, idx, inputs, aux, G)
                     terms[term.name] = term.coef * value
                     metrics.update({f"{term.name}/{k}": v for k, v in term_metrics.items()})
                 self.balancer.tap(lp, ent)  # per-token tensors: per-term gradients in one pass
@@ -825,72 +782,24 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + float(v)
         return sums, term_values
 
-    def _aux_term(
-        self, term: LossTerm, idx: torch.Tensor, x: LossInputs, aux: _AuxBatch | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One auxiliary term on the groups of micro-batch ``idx`` (always whole groups)."""
-        G, start = self.cfg.rollout.group_size, int(idx[0])
-        g0, g1 = start // G, int(idx[-1]) // G + 1
-        zero = x.logprobs.new_zeros(())
-        if term.inputs == "demonstrations":
-            if aux is None or aux.demos is None:
-                return zero, {}
-            rows = ((aux.demo_group >= g0) & (aux.demo_group < g1)).nonzero().squeeze(-1)
-            if not len(rows):
-                return zero, {}
-            demos = aux.demos.index(rows)
-            lp, _ = completion_logprobs(self.model, demos)
-            return term(DemoInputs(lp, demos.completion_mask.float(), aux.demo_tokens))
-        if term.inputs == "pairs":
-            if aux is None or aux.pairs is None or x.ref_logprobs is None:
-                return zero, {}
-            sel = aux.pairs[(aux.pairs[:, 0] >= g0) & (aux.pairs[:, 0] < g1)]
-            c, r = sel[:, 1] - start, sel[:, 2] - start
-            seq = (x.logprobs * x.mask).sum(-1)
-            ref = (x.ref_logprobs * x.mask).sum(-1)
-            return term(PairInputs(seq[c], seq[r], ref[c], ref[r], aux.num_pairs))
-        return term(x)  # "rollout": the same inputs as the policy loss
-
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Greedy accuracy on the held-out prompts, per difficulty level.
 
-        Decodes with the rollout's sampler backend (``rollout.backend``); the static one
-        decodes chunks of one size (the last is padded with repeats, dropped after) and frees
-        its KV cache after each chunk, so evaluation leaves no memory behind.
+        Decodes with the rollout's sampler backend (``rollout.backend``; see
+        :mod:`steerl.evaluation`); under torchrun each rank decodes a share.
         """
         cfg = self.cfg
-        prompts = ddp.shard_uneven(self.task.eval)  # under torchrun: each rank a share
-        max_new = cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens
-        scores: list[float] = []
-        chunk = max(1, min(512, len(prompts)))
-        for i in range(0, len(prompts), chunk):
-            part = prompts[i : i + chunk]
-            texts = [p.text for p in part]
-            if self.sampler_backend == "static":
-                texts += texts[-1:] * (chunk - len(part))  # one shape for every chunk
-            ids, mask = encode_prompts(self.tokenizer, texts, self.device, cfg.model.chat_template)
-            out = generate(
-                self.model,
-                ids,
-                mask,
-                max_new_tokens=max_new,
-                eos_token_id=self.tokenizer.eos_token_id,
-                pad_token_id=self.tokenizer.pad_token_id,
-                greedy=True,
-                backend=self.sampler_backend,
-                keep_sampler=False,
-            )
-            comps = decode_completions(self.tokenizer, out)[: len(part)]
-            res = self.eval_rewards.score([p.text for p in part], comps, _prompt_fields(part), -1)
-            scores.extend(res.scores[:, 0].nan_to_num(0.0).tolist())
-        levels = [p.level for p in prompts]
-        pairs = [x for part in ddp.all_gather_objects(list(zip(levels, scores))) for x in part]
-        by_level: dict[str, list[float]] = {}
-        for level, s in pairs:
-            by_level.setdefault(str(level), []).append(s)
-        return {k: sum(v) / len(v) for k, v in sorted(by_level.items(), key=lambda kv: int(kv[0]))}
+        return accuracy_by_level(
+            self.model,
+            self.tokenizer,
+            ddp.shard_uneven(self.task.eval),
+            self.eval_rewards,
+            max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens,
+            backend=self.sampler_backend,
+            chat_template=cfg.model.chat_template,
+        )
 
     # ------------------------------------------------------------------ the run
     def train(self) -> dict[str, Any]:
@@ -1037,18 +946,6 @@ class _NullLogger:
     def log(self, step: int, metrics: dict[str, Any]) -> None: ...
     def log_samples(self, step: int, samples: Any) -> None: ...
     def close(self) -> None: ...
-
-
-def _prompt_fields(prompts: list[Prompt]) -> dict[str, list[Any]]:
-    fields: dict[str, list[Any]] = {
-        "answer": [p.answer for p in prompts],
-        "difficulty": [p.difficulty for p in prompts],
-        "category": [p.category for p in prompts],
-        "prompt_id": [p.id for p in prompts],
-    }
-    for k in {k for p in prompts for k in p.meta}:
-        fields.setdefault(k, [p.meta.get(k) for p in prompts])
-    return fields
 
 
 def _f(x: torch.Tensor) -> float | None:

@@ -10,7 +10,8 @@ advantages=None)`` with ``rewards`` and ``advantages`` of shape (groups, G), and
 logged fallback to uniform sampling when the selector leaves no prompt eligible, and the
 per-step metrics (``curriculum/level_<k>/share``, ``curriculum/level_<k>/pass_rate``, ...).
 A selector implements ``weights(step)`` (or ``select(n, step)``) and, if it keeps state,
-``observe`` / ``extra_state`` / ``load_extra_state``.
+``observe`` / ``extra_state`` / ``load_extra_state``; its own state goes in ``setup()``, which
+the base ``__init__`` calls last, so a selector does not restate the constructor.
 """
 
 from __future__ import annotations
@@ -73,8 +74,13 @@ class Curriculum:
         self._taken = np.zeros(len(self.prompts), dtype=bool)
         self._drawn: list[int] = []
         self._fell_back = False
+        self.setup()
 
     # ------------------------------------------------------------------ selector hooks
+    def setup(self) -> None:
+        """A selector's own state, set up at the end of ``__init__`` (pool, ``cfg``, ``seed``,
+        ``difficulty``, ``total_steps`` and ``stats`` are in place); nothing by default."""
+
     def weights(self, step: int) -> np.ndarray | None:
         """(N,) non-negative sampling weights over the pool; ``None``: uniform."""
         return None
@@ -215,16 +221,8 @@ class UniformCurriculum(Curriculum):
 
     name = "uniform"
 
-    def __init__(
-        self,
-        prompts: Sequence[Prompt],
-        seed: int,
-        cfg: CurriculumConfig | None = None,
-        difficulty: np.ndarray | None = None,
-        total_steps: int = 0,
-    ):
-        super().__init__(prompts, seed, cfg, difficulty, total_steps)
-        self.rng = random.Random(seed)
+    def setup(self) -> None:
+        self.rng = random.Random(self.seed)
         self.order: list[int] = []
         self.cursor = 0
 

@@ -19,13 +19,11 @@ seeded shuffle, so a level opens gradually. Within the open range sampling is un
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 
-from steerl.config import CurriculumConfig, PacingConfig
+from steerl.config import PacingConfig
 from steerl.curriculum.base import CURRICULA, Curriculum
-from steerl.tasks.base import Prompt
 
 PACING_FUNCTIONS = ("linear", "root", "step", "exponential")
 
@@ -53,18 +51,11 @@ class PacingCurriculum(Curriculum):
     name = "pacing"
     needs_difficulty = True
 
-    def __init__(
-        self,
-        prompts: Sequence[Prompt],
-        seed: int,
-        cfg: CurriculumConfig | None = None,
-        difficulty: np.ndarray | None = None,
-        total_steps: int = 0,
-    ):
-        super().__init__(prompts, seed, cfg, difficulty, total_steps)
+    def setup(self) -> None:
         self.pc: PacingConfig = self.cfg.pacing
-        self.pace_steps = self.pc.pace_steps or max(1, total_steps // 2)
-        ties = np.random.Generator(np.random.PCG64([seed, 7])).permutation(len(self.prompts))
+        self.pace_steps = self.pc.pace_steps or max(1, self.total_steps // 2)
+        rng = np.random.Generator(np.random.PCG64([self.seed, 7]))
+        ties = rng.permutation(len(self.prompts))
         shuffled = self.difficulty[ties]
         self.order = ties[np.argsort(shuffled, kind="stable")]  # easiest first
         self._open = 0

@@ -32,15 +32,12 @@ prioritized   prioritized level replay (Jiang et al. 2021): with probability ``r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from steerl.config import CurriculumConfig
 from steerl.curriculum.base import CURRICULA, Curriculum
 from steerl.curriculum.difficulty import normalise
-from steerl.tasks.base import Prompt
 
 
 @CURRICULA.register("competence")
@@ -75,15 +72,7 @@ class AdaRFTCurriculum(Curriculum):
     name = "adarft"
     needs_difficulty = True
 
-    def __init__(
-        self,
-        prompts: Sequence[Prompt],
-        seed: int,
-        cfg: CurriculumConfig | None = None,
-        difficulty: np.ndarray | None = None,
-        total_steps: int = 0,
-    ):
-        super().__init__(prompts, seed, cfg, difficulty, total_steps)
+    def setup(self) -> None:
         self.norm = normalise(self.difficulty)
         self.target = float(self.cfg.adarft.initial)
 
@@ -145,15 +134,7 @@ class BanditCurriculum(Curriculum):
 
     name = "bandit"
 
-    def __init__(
-        self,
-        prompts: Sequence[Prompt],
-        seed: int,
-        cfg: CurriculumConfig | None = None,
-        difficulty: np.ndarray | None = None,
-        total_steps: int = 0,
-    ):
-        super().__init__(prompts, seed, cfg, difficulty, total_steps)
+    def setup(self) -> None:
         b = self.cfg.bandit
         if b.arms == "level":
             keys = [str(lv) for lv in self.stats.level.tolist()]

@@ -30,40 +30,26 @@ def greedy_scores(trainer: Any, chunk: int = 512) -> tuple[list[str], torch.Tens
     Returns ``(reward labels, scores (N, K) float64 with unscored as 0, completion lengths (N,)
     in tokens)``.
     """
-    from steerl.rollout import decode_completions, encode_prompts, generate
-    from steerl.trainer import _prompt_fields
+    from steerl.evaluation import greedy_chunks, prompt_fields
 
     cfg = trainer.cfg
-    prompts = trainer.task.eval
     max_new = cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens
-    was_training = trainer.model.training
-    trainer.model.eval()
     cols: list[torch.Tensor] = []
     lengths: list[torch.Tensor] = []
     names: list[str] = [r.label for r in cfg.rewards]
-    try:
-        for i in range(0, len(prompts), chunk):
-            part = prompts[i : i + chunk]
-            texts = [p.text for p in part]
-            ids, mask = encode_prompts(
-                trainer.tokenizer, texts, trainer.device, cfg.model.chat_template
-            )
-            out = generate(
-                trainer.model,
-                ids,
-                mask,
-                max_new_tokens=max_new,
-                eos_token_id=trainer.tokenizer.eos_token_id,
-                pad_token_id=trainer.tokenizer.pad_token_id,
-                greedy=True,
-            )
-            comps = decode_completions(trainer.tokenizer, out)
-            res = trainer.rewards.score(texts, comps, _prompt_fields(part), -1)
-            names = list(res.names)
-            cols.append(res.scores.nan_to_num(0.0).to(torch.float64).cpu())
-            lengths.append(out.completion_mask.sum(-1).to(torch.float64).cpu())
-    finally:
-        trainer.model.train(was_training)
+    for part, comps, out in greedy_chunks(
+        trainer.model,
+        trainer.tokenizer,
+        trainer.task.eval,
+        max_new_tokens=max_new,
+        backend=trainer.sampler_backend,
+        chat_template=cfg.model.chat_template,
+        chunk=chunk,
+    ):
+        res = trainer.rewards.score([p.text for p in part], comps, prompt_fields(part), -1)
+        names = list(res.names)
+        cols.append(res.scores.nan_to_num(0.0).to(torch.float64).cpu())
+        lengths.append(out.completion_mask[: len(part)].sum(-1).to(torch.float64).cpu())
     if not cols:
         return names, torch.zeros(0, len(names), dtype=torch.float64), torch.zeros(0)
     return names, torch.cat(cols), torch.cat(lengths)

@@ -18,13 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from steerl.pareto.sweep import SweepError
+from steerl.tuning.storage import StorageError, drop_surplus, rdb_storage, recording_error
 
 HEARTBEAT_S = 30
 MAX_ERRORS_PER_POINT = 2
-
-
-class _Surplus(Exception):
-    pass
 
 
 def fingerprint(*parts: Any) -> str:
@@ -32,8 +29,6 @@ def fingerprint(*parts: Any) -> str:
 
 
 def _storage(url: str, heartbeat_s: int) -> Any:
-    from steerl.tuning.storage import StorageError, rdb_storage
-
     try:
         return rdb_storage(url, heartbeat_s, max_retry=3)
     except StorageError as e:
@@ -98,14 +93,10 @@ def run_shared(
     def objective(trial: Any) -> list[float]:
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
         if "point" not in frozen.system_attrs.get("fixed_params", {}):
-            trial.set_user_attr("surplus", True)
-            raise _Surplus()
-        try:
+            drop_surplus(trial)
+        with recording_error(trial):
             i = trial.suggest_categorical("point", list(range(n_points)))
             row = run_one(i)
-        except Exception as e:
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
-            raise
         trial.set_user_attr("row", row)
         return [float(row["objectives"][n]) for n in names]
 

@@ -1,10 +1,18 @@
-"""Opening an Optuna RDB storage (SQLite file or any SQLAlchemy URL) with heartbeats."""
+"""Opening an Optuna RDB storage (SQLite file or any SQLAlchemy URL) with heartbeats, and what
+the objectives of shared studies (``steerl tune`` trials, shared Pareto sweeps) record in it.
+
+A trial that another worker makes unnecessary is marked ``surplus`` and fails
+(:func:`drop_surplus`); a trial whose own run fails records ``error`` before failing
+(:func:`recording_error`), which tells it from a dead worker's trial.
+"""
 
 from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
 
 class StorageError(ValueError):
@@ -43,3 +51,28 @@ def rdb_storage(url: str, heartbeat_s: int, max_retry: int) -> Any:
                 f"cannot open {url!r}: {e} (for PostgreSQL: pip install 'steerl[postgres]')"
             ) from None
     raise StorageError(f"cannot open the study storage {url!r}: {last}")
+
+
+class Surplus(Exception):
+    """This trial is not needed (another worker already covers its work): it is dropped."""
+
+
+def drop_surplus(trial: Any) -> NoReturn:
+    """Mark ``trial`` as surplus (user attribute ``surplus``) and end it with :class:`Surplus`."""
+    trial.set_user_attr("surplus", True)
+    raise Surplus()
+
+
+@contextmanager
+def recording_error(
+    trial: Any, passthrough: tuple[type[BaseException], ...] = ()
+) -> Iterator[None]:
+    """An exception raised in the block (other than ``passthrough``) is recorded in the trial's
+    ``error`` user attribute, then raised again."""
+    try:
+        yield
+    except passthrough:
+        raise
+    except Exception as e:
+        trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
+        raise

@@ -20,6 +20,7 @@ from steerl.trainer import Callback
 from steerl.tuning.metrics import eval_metrics, final_metrics
 from steerl.tuning.space import as_overrides, suggest
 from steerl.tuning.spec import TuneConfig
+from steerl.tuning.storage import drop_surplus, recording_error
 from steerl.tuning.study import TuneContext, TuneError, has_set_constraint
 
 
@@ -61,10 +62,6 @@ class _TrialReporter(Callback):
             k: float(v) for k, v in metrics.items() if k in watched and isinstance(v, (int, float))
         }
         self._check(trainer.state.rl_step, values)
-
-
-class _Surplus(Exception):
-    """Another worker already started the study's last trial: this one is not needed."""
 
 
 def _counted(trial: Any) -> bool:
@@ -117,17 +114,18 @@ def trial_config(ctx: TuneContext, params: dict[str, Any], run_dir: Path) -> Con
 
 def run_trial(ctx: TuneContext, trial: Any) -> list[float]:
     """Sample, train (resuming from the warm-up copy if any), evaluate; the objective values."""
+    import optuna
+
     from steerl.trainer import Trainer
 
     tc = ctx.tc
     if accounted(trial.study, before=trial.number) >= tc.trials or _duplicate_retry(trial):
-        trial.set_user_attr("surplus", True)
-        raise _Surplus()
+        drop_surplus(trial)  # another worker already started the study's last trial
     params = suggest(trial, tc.space)
     run_dir = ctx.trial_dir(trial.number)
     trial.set_user_attr("run_dir", str(run_dir.resolve()))
     trial.set_user_attr("overrides", as_overrides(params))
-    try:
+    with recording_error(trial, passthrough=(optuna.TrialPruned,)):
         cfg = trial_config(ctx, params, run_dir)
         if tc.from_warmup and not (run_dir / "config.yaml").is_file():
             shutil.copytree(tc.from_warmup, run_dir, dirs_exist_ok=True)
@@ -142,13 +140,6 @@ def run_trial(ctx: TuneContext, trial: Any) -> list[float]:
             raise TuneError(f"the run stopped before the end ({summary.get('stop_reason')})")
         wanted = [o.metric for o in tc.objectives] + [c.metric for c in tc.constraints]
         metrics = final_metrics(trainer, summary, wanted)
-    except Exception as e:
-        import optuna
-
-        if isinstance(e, optuna.TrialPruned):
-            raise
-        trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
-        raise
     trial.set_user_attr("metrics", metrics)
     trial.set_user_attr("wall_seconds", summary.get("wall_seconds"))
     if tc.constraints:
