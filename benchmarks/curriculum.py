@@ -43,7 +43,7 @@ from pathlib import Path
 SETUP = [
     "warmup.levels=[1,2,3]",
     "warmup.flaw.level=3",
-    "warmup.flaw.fraction=0.9",
+    "warmup.flaw.fraction=0.8",
     "task.arithmetic.train_per_level=1000",
     "optim.lr=5e-4",
     "train.threads=1",
