@@ -24,7 +24,7 @@ from typing import Any
 
 from steerl.config import Config, ConfigError, RewardSpec
 from steerl.curriculum.difficulty import append_rows, done_ids
-from steerl.tasks.base import Prompt
+from steerl.evaluation import prompt_fields
 
 UNTRAINED_ERROR = (
     "steerl curriculum profile without --run samples model.name={name!r} as loaded, and the "
@@ -118,7 +118,7 @@ def profile_difficulty(
                 generator=sampler,
             )
         completions = decode_completions(tok, batch)
-        scores = reward.score(texts, completions, _fields(rows), step=-1).scores[:, 0]
+        scores = reward.score(texts, completions, prompt_fields(rows), step=-1).scores[:, 0]
         scores = scores.view(len(part), k)
         out_rows = []
         for p, s in zip(part, scores):
@@ -144,16 +144,3 @@ def profile_difficulty(
         "unscored": unscored,
         "mean_pass_rate": pass_sum / written if written else None,
     }
-
-
-def _fields(prompts: list[Prompt]) -> dict[str, list[Any]]:
-    """The dataset columns a reward receives (as in training)."""
-    fields: dict[str, list[Any]] = {
-        "answer": [p.answer for p in prompts],
-        "difficulty": [p.difficulty for p in prompts],
-        "category": [p.category for p in prompts],
-        "prompt_id": [p.id for p in prompts],
-    }
-    for key in {key for p in prompts for key in p.meta}:
-        fields.setdefault(key, [p.meta.get(key) for p in prompts])
-    return fields
