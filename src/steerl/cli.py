@@ -4,11 +4,15 @@
 Mistakes the user can fix (a bad recipe or override, an unknown component, a model that will
 not load, a reward that keeps failing, a missing file) end with a red ``error: ...`` on stderr
 and exit code 2; anything else is a bug and keeps its traceback. Heavy modules (torch,
-transformers) are imported inside the commands so ``steerl --help`` stays fast.
+transformers) are imported inside the commands so ``steerl --help`` stays fast; for the same
+reason the ``curriculum`` and ``pareto`` sub-apps (``steerl.curriculum.cli``,
+``steerl.pareto.cli``) are imported only when one of their commands runs. ``tune`` is
+``steerl.tuning.cli``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from collections.abc import Iterator
@@ -19,6 +23,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from steerl.config import ConfigError, list_recipes, load_config
 from steerl.registry import Registry, RegistryError
@@ -268,232 +273,43 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
     Console().print(f"wrote {out}", highlight=False, soft_wrap=True)
 
 
-# --------------------------------------------------------------------------- curriculum
-curriculum_app = typer.Typer(
-    help="Curriculum tools: measure prompt difficulty with a policy.", no_args_is_help=True
+# --------------------------------------------------------------------------- sub-apps
+class _LazySubApp(TyperGroup):
+    """A sub-app that ``steerl --help`` lists from its name and help alone: the module defining
+    it (``import_path``, ``module:attribute``) is imported only when a command under it is
+    parsed, so that importing ``steerl.cli`` does not import that module's package."""
+
+    import_path = ""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        module, attribute = self.import_path.split(":")
+        group = typer.main.get_group(getattr(importlib.import_module(module), attribute))
+        group.name = self.name
+        return group.make_context(info_name, args, parent=parent, **extra)
+
+
+def _add_lazy_typer(name: str, import_path: str, help: str) -> None:
+    """``app.add_typer`` of the Typer at ``import_path``, imported when ``steerl NAME`` runs.
+
+    ``help`` is what ``steerl --help`` shows for NAME: keep it equal to that Typer's help.
+    """
+    cls = type(f"_Lazy_{name}", (_LazySubApp,), {"import_path": import_path})
+    app.add_typer(typer.Typer(), name=name, help=help, cls=cls)
+
+
+# steerl.curriculum and steerl.pareto import torch on import: attached lazily.
+_add_lazy_typer(
+    "curriculum",
+    "steerl.curriculum.cli:curriculum_app",
+    "Curriculum tools: measure prompt difficulty with a policy.",
 )
-app.add_typer(curriculum_app, name="curriculum")
-
-
-@curriculum_app.command("profile")
-def curriculum_profile(
-    recipe: str | None = typer.Argument(
-        None,
-        help="Packaged recipe name or YAML file (default: --run's config, else default).",
-        show_default=False,
-    ),
-    overrides: list[str] | None = typer.Argument(None, help="Dotted overrides (key=value)."),
-    out: Path = typer.Option(..., "--out", help="JSONL file of {id, difficulty} (appended)."),
-    k: int = typer.Option(8, "--k", min=1, help="Completions sampled per prompt."),
-    run: Path | None = typer.Option(
-        None,
-        "--run",
-        help="Sample with this run's newest checkpoint instead of the recipe's model.",
-    ),
-    chunk: int = typer.Option(32, "--chunk", min=1, help="Prompts per generation batch."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Profile the first N prompts."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    allow_untrained: bool = typer.Option(
-        False,
-        "--allow-untrained",
-        help="Without --run, profile the built-in tiny model anyway (random weights).",
-    ),
-) -> None:
-    """Write each training prompt's difficulty (1 - pass rate over k samples) to a JSONL file.
-
-    Resumable: ids already in --out are skipped. Train on it with
-    curriculum.difficulty_file=FILE (e.g. curriculum.name=pacing). Without --run the
-    recipe's model is profiled as loaded, before any warm-up: the built-in tiny model is
-    refused (random weights) unless --allow-untrained.
-    """
-    with _user_errors():
-        if recipe is not None and "=" in recipe and not Path(recipe).is_file():
-            overrides, recipe = [recipe, *(overrides or [])], None
-        if recipe is None and run is not None:
-            if not (run / "config.yaml").is_file():
-                raise FileNotFoundError(f"{run} is not a run directory: no config.yaml in it")
-            cfg = load_config(run / "config.yaml", overrides or [])
-        else:
-            cfg = load_config(recipe, overrides or [])
-
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        from steerl.curriculum.profile import profile_difficulty, untrained_warning
-
-        note = untrained_warning(cfg, run)
-        if note:
-            Console(stderr=True).print(f"[yellow]warning:[/] {note}", highlight=False)
-
-        bar = Progress(
-            "[bold]profiling",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            disable=quiet,
-        )
-        with bar:
-            task = bar.add_task("profile", total=None)
-
-            def advance(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            res = profile_difficulty(
-                cfg,
-                out,
-                k=k,
-                run_dir=run,
-                chunk=chunk,
-                limit=limit,
-                on_progress=advance,
-                allow_untrained=allow_untrained,
-            )
-    console = Console()
-    rate = res["mean_pass_rate"]
-    shown = "—" if rate is None else f"{100 * rate:.1f}%"
-    console.print(
-        f"profiled {res['written']} prompts ({res['already']} already in the file, "
-        f"{res['unscored']} unscored) of {res['prompts']}; mean pass rate {shown}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    console.print(f"train with: curriculum.difficulty_file={out}", highlight=False, soft_wrap=True)
-
-
-# --------------------------------------------------------------------------- pareto
-pareto_app = typer.Typer(
-    help="Pareto fronts: preference sweeps and weight soups over several rewards.",
-    no_args_is_help=True,
+_add_lazy_typer(
+    "pareto",
+    "steerl.pareto.cli:pareto_app",
+    "Pareto fronts: preference sweeps and weight soups over several rewards.",
 )
-app.add_typer(pareto_app, name="pareto")
-
-
-@contextmanager
-def _pareto_errors() -> Iterator[None]:
-    """``_user_errors`` plus the sweep's and the soups' own user errors (exit code 2)."""
-    from steerl.pareto.soups import SoupError
-    from steerl.pareto.sweep import SweepError
-
-    with _user_errors():
-        try:
-            yield
-        except (SweepError, SoupError) as e:
-            raise ConfigError(str(e)) from None
-
-
-def _points_table(result: dict[str, Any], title: str, first: str) -> Table:
-    names = result["objectives"]
-    table = Table(title=title)
-    for col in ("#", first, *names, "front", "angle (deg)"):
-        table.add_column(col, justify="right")
-    for i, r in enumerate(result["points"]):
-        pref = "(" + ", ".join(f"{x:.2f}" for x in r["preference"]) + ")"
-        angle = "—" if r.get("angle_deg") is None else f"{r['angle_deg']:.1f}"
-        table.add_row(
-            str(i),
-            pref,
-            *[f"{r['objectives'][n]:.3f}" for n in names],
-            "*" if r["on_front"] else "",
-            angle,
-        )
-    return table
-
-
-@pareto_app.command("sweep")
-def pareto_sweep(
-    recipe: str | None = typer.Argument(
-        None, help="Packaged recipe name or YAML file (default: default).", show_default=False
-    ),
-    overrides: list[str] | None = typer.Argument(None, help="Dotted overrides (key=value)."),
-    weights: str = typer.Option(
-        ..., "--weights", help="Preference grid: simplex:N (Das-Dennis, N divisions)."
-    ),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Runs trained in parallel."),
-    out: Path = typer.Option(Path("pareto"), "--out", help="Output folder (runs under runs/)."),
-    ref: str | None = typer.Option(
-        None, "--ref", help="Hypervolume reference point a,b,... (default: min - 10% range)."
-    ),
-    from_warmup: Path | None = typer.Option(
-        None,
-        "--from-warmup",
-        help="Finished run directory (e.g. train.steps=0) copied into every point and resumed.",
-    ),
-    storage: str | None = typer.Option(
-        None,
-        "--storage",
-        help="SQLAlchemy URL: run the points as trials of a shared Optuna study (many machines).",
-    ),
-    study: str | None = typer.Option(
-        None, "--study", help="Study name with --storage (default: sweep-<recipe>)."
-    ),
-) -> None:
-    """Train one run per preference vector, evaluate every reward, write the Pareto front.
-
-    Writes OUT/pareto.json, OUT/pareto.csv and OUT/front.png. Resumable: completed runs are
-    not retrained.
-    """
-    console = Console()
-    with _pareto_errors():
-        if recipe is not None and "=" in recipe and not Path(recipe).is_file():
-            overrides, recipe = [recipe, *(overrides or [])], None
-        from steerl.pareto.sweep import parse_weights, sweep
-
-        divisions = parse_weights(weights)
-
-        def report_point(i: int, obj: dict[str, float], trained: bool) -> None:
-            shown = ", ".join(f"{k}={v:.3f}" for k, v in obj.items())
-            what = "trained" if trained else "reused"
-            console.print(f"p{i} ({what}): {shown}", highlight=False, soft_wrap=True)
-
-        result = sweep(
-            recipe,
-            overrides or [],
-            divisions,
-            out,
-            jobs=jobs,
-            ref=ref,
-            from_warmup=from_warmup,
-            on_point=report_point,
-            storage=storage,
-            study=study,
-        )
-    console.print(_points_table(result, f"Pareto sweep ({weights})", "preference"))
-    console.print(
-        f"hypervolume {result['hypervolume']:.4g} (ref {result['ref']}); knee: #{result['knee']}",
-        highlight=False,
-    )
-    console.print(f"wrote {out / 'pareto.json'}, pareto.csv", highlight=False, soft_wrap=True)
-    if result.get("plot"):
-        console.print(f"wrote {result['plot']}", highlight=False, soft_wrap=True)
-
-
-@pareto_app.command("soup")
-def pareto_soup(
-    checkpoints: list[Path] = typer.Argument(
-        ..., help="Checkpoint folders, .safetensors files or run directories (newest)."
-    ),
-    steps: int = typer.Option(4, "--steps", min=1, help="Mixtures: simplex(#checkpoints, N)."),
-    recipe: str = typer.Option(
-        ..., "--recipe", help="Recipe (name, YAML or run directory) that builds the evaluator."
-    ),
-    override: list[str] | None = typer.Option(
-        None, "--set", help="Dotted override of the recipe (repeatable)."
-    ),
-    out: Path = typer.Option(Path("soup"), "--out", help="Output folder."),
-) -> None:
-    """Interpolate checkpoint weights (rewarded soups) and evaluate every mixture.
-
-    Writes OUT/soup.json, OUT/soup.csv and OUT/front.png (with OUT/pareto.json's points too).
-    """
-    console = Console()
-    with _pareto_errors():
-        from steerl.pareto.sweep import soup_points
-
-        result = soup_points(checkpoints, steps, recipe, override or [], out)
-    console.print(_points_table(result, "weight soups", "mixture"))
-    console.print(f"wrote {out / 'soup.json'}, soup.csv", highlight=False, soft_wrap=True)
-    if result.get("plot"):
-        console.print(f"wrote {result['plot']}", highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- tune
