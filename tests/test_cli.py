@@ -182,3 +182,16 @@ def test_console_script_smoke() -> None:
         timeout=120,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    "module", ["steerl.tuning.cli", "steerl.curriculum.cli", "steerl.pareto.cli"]
+)
+def test_each_sub_app_imports_first_without_a_cycle(module):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]

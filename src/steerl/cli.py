@@ -15,8 +15,6 @@ from __future__ import annotations
 import importlib
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,9 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from steerl.cli_errors import EXIT_USER_ERROR  # noqa: F401  (re-exported)
+from steerl.cli_errors import is_user_error as _is_user_error  # noqa: F401
+from steerl.cli_errors import user_errors as _user_errors
 from steerl.config import ConfigError, list_recipes, load_config
 from steerl.registry import Registry, RegistryError
 
@@ -35,33 +36,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-
-EXIT_USER_ERROR = 2
-
-
-def _is_user_error(e: Exception) -> bool:
-    """A mistake the user can fix (as opposed to a bug in steerl or in their code)."""
-    if isinstance(e, (ConfigError, RegistryError, FileNotFoundError)):
-        return True
-    from steerl.models import ModelLoadError  # heavy imports: only for the remaining cases
-    from steerl.rewards import RewardFailure
-    from steerl.stability import StabilityError
-
-    return isinstance(e, (ModelLoadError, RewardFailure, StabilityError))
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn the user's mistakes into ``error: ...`` and exit code 2; re-raise anything else."""
-    try:
-        yield
-    except Exception as e:
-        if not _is_user_error(e):
-            raise
-        Console(stderr=True).print(
-            f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True
-        )
-        raise typer.Exit(EXIT_USER_ERROR) from None
 
 
 def _pct(x: float | None) -> str:
@@ -139,8 +113,10 @@ def train(
         if last is not None and ddp.is_main():
             Console(stderr=True).print(f"resuming {run_dir} from {last.name}", highlight=False)
         trainer = Trainer(cfg, run_dir)
+        finished = False
         try:
             summary = trainer.train()
+            finished = True
         except KeyboardInterrupt:
             Console(stderr=True).print(
                 f"interrupted; resume with: steerl train {run_dir}", style="yellow"
@@ -148,7 +124,7 @@ def train(
             raise typer.Exit(130) from None
         finally:
             main = ddp.is_main()
-            ddp.shutdown()
+            ddp.shutdown(together=finished)
         if not main:
             return
 
@@ -313,7 +289,7 @@ _add_lazy_typer(
 
 
 # --------------------------------------------------------------------------- tune
-from steerl.tuning.cli import tune_app  # noqa: E402  (it uses _user_errors defined above)
+from steerl.tuning.cli import tune_app  # noqa: E402
 
 app.add_typer(tune_app, name="tune")
 

@@ -59,8 +59,16 @@ def init(mode: str = "auto", device: str = "auto") -> None:
         dist.init_process_group("gloo", timeout=timeout)
 
 
-def shutdown() -> None:
+def shutdown(together: bool = True) -> None:
+    """Tear the process group down; ``together``: after a barrier, on every rank at once.
+
+    Without the barrier a rank could destroy its group (and rank 0 its store) while another
+    still runs its last collective, which aborts that rank at exit. After an error on one
+    rank pass ``together=False``: the others may never reach the barrier.
+    """
     if is_active():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from steerl.cli import _user_errors
+from steerl.cli_errors import user_errors as _user_errors
 from steerl.config import load_config
 
 curriculum_app = typer.Typer(

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from steerl.cli import _user_errors
+from steerl.cli_errors import user_errors as _user_errors
 from steerl.config import ConfigError
 
 pareto_app = typer.Typer(

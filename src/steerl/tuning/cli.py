@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from steerl.cli import _user_errors
+from steerl.cli_errors import user_errors as _user_errors
 from steerl.config import ConfigError
 
 
