@@ -64,6 +64,11 @@ bound of the policy loss (for instance minus the largest |advantage|), or prefer
 balancer, which only looks at gradients. Non-finite losses leave the state unchanged.
 Uncertainty weighting additionally keeps s_i in [-max_log_var, max_log_var] (weights within
 exp(+-max_log_var)), because for l_i -> 0 its optimum exp(-s_i) = 1 / l_i is unbounded.
+
+Modules: this one holds the protocol (``Balancer``), the registry ``BALANCERS`` and the
+fixed-weight balancers (``static``, ``scheduled``); ``adaptive_balancers`` the ones that adapt
+to the loss levels (``uncertainty``, ``dwa``, ``famo``) and their optimiser ``TinyAdam``;
+``gradnorm`` the one that reads per-term gradients. All of them are importable from here.
 """
 
 from __future__ import annotations
@@ -72,7 +77,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 
 from steerl.registry import Registry
@@ -85,46 +89,6 @@ class BalancerProtocolError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- helpers
-class TinyAdam:
-    """Adam (Kingma & Ba 2015) on a small float64 vector, with JSON-serialisable state.
-
-    ``weight_decay`` is L2 added to the gradient, as ``torch.optim.Adam`` does.
-    """
-
-    def __init__(
-        self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-        weight_decay: float = 0.0,
-    ):  # fmt: skip
-        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
-        self.t = 0
-        self.m: np.ndarray | None = None
-        self.v: np.ndarray | None = None
-
-    def step(self, x: np.ndarray, grad: np.ndarray) -> np.ndarray:
-        g = np.asarray(grad, dtype=np.float64) + self.weight_decay * x
-        if self.m is None or self.m.shape != x.shape:
-            self.m, self.v = np.zeros_like(x), np.zeros_like(x)
-        b1, b2 = self.betas
-        self.t += 1
-        self.m = b1 * self.m + (1 - b1) * g
-        self.v = b2 * self.v + (1 - b2) * g * g
-        m_hat = self.m / (1 - b1**self.t)
-        v_hat = self.v / (1 - b2**self.t)
-        return x - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "t": self.t,
-            "m": None if self.m is None else self.m.tolist(),
-            "v": None if self.v is None else self.v.tolist(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.t = int(state["t"])
-        self.m = None if state["m"] is None else np.asarray(state["m"], dtype=np.float64)
-        self.v = None if state["v"] is None else np.asarray(state["v"], dtype=np.float64)
-
-
 def _fmt(d: Mapping[str, float]) -> str:
     return "{" + ", ".join(f"{k!r}: {v:.4g}" for k, v in d.items()) + "}"
 
@@ -281,6 +245,20 @@ def _backward(total: Any) -> None:
         total.backward()
 
 
+def _flat_grad(loss: torch.Tensor, params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Gradient of ``loss`` w.r.t. ``params`` (zeros where unused), flattened, float32."""
+    params = list(params)
+    if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+        return torch.cat([p.new_zeros(p.numel(), dtype=torch.float32) for p in params])
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1).float()
+            for g, p in zip(grads, params)
+        ]
+    )
+
+
 # --------------------------------------------------------------------------- static
 @BALANCERS.register(
     "static", "Fixed weights (1 per term unless given): backward of the weighted sum"
@@ -326,295 +304,15 @@ class ScheduledBalancer(Balancer):
         return f"schedules={self.schedules}" + (f", {base}" if base else "")
 
 
-# --------------------------------------------------------------------------- uncertainty
-@BALANCERS.register(
-    "uncertainty", "Uncertainty weighting (Kendall et al. 2018): exp(-s_i), s_i learned"
+# --------------------------------------------------------------------------- re-exports
+# The adaptive balancers register themselves into ``BALANCERS`` when their modules run. They
+# import from this module, so they are imported here, at the end, once everything they take
+# from it is defined: importing this module (or the ``steerl.objectives`` package, which does)
+# fills the registry, and their names stay importable from here.
+from steerl.objectives.adaptive_balancers import (  # noqa: E402, F401 - re-exported
+    DWABalancer,
+    FAMOBalancer,
+    TinyAdam,
+    UncertaintyBalancer,
 )
-class UncertaintyBalancer(Balancer):
-    """Kendall et al. 2018 homoscedastic uncertainty: weights exp(-s_i), s_i learned."""
-
-    name = "uncertainty"
-    needs_hooks = True
-
-    def __init__(self, weights=None, lr: float = 0.01, max_log_var: float = 5.0, **kw: Any):
-        super().__init__(weights, **kw)
-        if not lr > 0 or not max_log_var > 0:
-            raise ValueError(f"uncertainty: lr={lr} and max_log_var={max_log_var} must be > 0")
-        self.lr, self.max_log_var = float(lr), float(max_log_var)
-        self.log_vars = np.zeros(0)
-        self.opt = TinyAdam(lr)
-
-    def _init_terms(self, names: list[str]) -> None:
-        base = np.array([max(self.weights.get(k, 1.0), 1e-12) for k in names])
-        self.log_vars = np.clip(-np.log(base), -self.max_log_var, self.max_log_var)
-
-    def current_weights(self) -> dict[str, float]:
-        assert self.names is not None
-        return {k: float(math.exp(-s)) for k, s in zip(self.names, self.log_vars)}
-
-    def update(self, losses: dict[str, float]) -> None:
-        assert self.names is not None
-        lv = np.array([self.level(k, losses[k]) for k in self.names])
-        # d/ds [exp(-s) l + s] = 1 - exp(-s) l, clipped: Adam only needs its sign and scale
-        grad = np.clip(1.0 - np.exp(-self.log_vars + np.log(lv)), -1e6, 1.0)
-        s = self.opt.step(self.log_vars, grad)
-        self.log_vars = np.clip(s, -self.max_log_var, self.max_log_var)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "log_vars": self.log_vars.tolist(),
-            "opt": self.opt.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.log_vars = np.asarray(state["log_vars"], dtype=np.float64)
-        self.opt.load_state_dict(state["opt"])
-
-    def _repr_args(self) -> str:
-        base = super()._repr_args()
-        return f"lr={self.lr}, max_log_var={self.max_log_var}" + (f", {base}" if base else "")
-
-
-# --------------------------------------------------------------------------- DWA
-@BALANCERS.register("dwa", "Dynamic Weight Average (Liu et al. 2019): softmax of loss ratios / T")
-class DWABalancer(Balancer):
-    """Dynamic Weight Average (Liu et al. 2019): softmax of recent loss ratios / T, times K."""
-
-    name = "dwa"
-    needs_hooks = True
-
-    def __init__(self, weights=None, temperature: float = 2.0, **kw: Any):
-        super().__init__(weights, **kw)
-        if not temperature > 0:
-            raise ValueError(f"dwa temperature={temperature} must be > 0")
-        self.temperature = float(temperature)
-        self.history: list[list[float]] = []  # levels of the last two steps, oldest first
-
-    def current_weights(self) -> dict[str, float]:
-        assert self.names is not None
-        k = len(self.names)
-        base = np.array([self.weights.get(n, 1.0) for n in self.names])
-        if len(self.history) < 2:
-            return dict(zip(self.names, base.tolist()))
-        ratio = np.array(self.history[1]) / np.array(self.history[0])
-        logits = ratio / self.temperature
-        e = np.exp(logits - logits.max())
-        return dict(zip(self.names, (base * k * e / e.sum()).tolist()))
-
-    def update(self, losses: dict[str, float]) -> None:
-        assert self.names is not None
-        self.history = [*self.history, [self.level(n, losses[n]) for n in self.names]][-2:]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "history": [list(h) for h in self.history]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.history = [list(map(float, h)) for h in state["history"]]
-
-    def _repr_args(self) -> str:
-        base = super()._repr_args()
-        return f"temperature={self.temperature}" + (f", {base}" if base else "")
-
-
-# --------------------------------------------------------------------------- GradNorm
-@BALANCERS.register(
-    "gradnorm", "GradNorm (Chen et al. 2018): equalise gradient norms on the last layer(s)"
-)
-class GradNormBalancer(Balancer):
-    """GradNorm (Chen et al. 2018): equalise gradient norms on the last shared layer(s)."""
-
-    name = "gradnorm"
-    needs_hooks = True
-    needs_model = True
-
-    def __init__(
-        self, weights=None, alpha: float = 1.5, lr: float = 0.025,
-        aggregate_params: str = "last_blocks:1", jacobian: str = "auto", **kw: Any,
-    ):  # fmt: skip
-        from steerl.objectives.factored import TermJacobian
-
-        super().__init__(weights, **kw)
-        if alpha < 0 or not lr > 0:
-            raise ValueError(f"gradnorm: alpha={alpha} must be >= 0 and lr={lr} > 0")
-        self.alpha, self.lr, self.spec = float(alpha), float(lr), aggregate_params
-        self.w = np.zeros(0)
-        self.initial: list[float] | None = None  # l_i(0)
-        self.opt = TinyAdam(lr)
-        self.selection = None
-        self.terms_jacobian = TermJacobian(jacobian)
-        self._grads: torch.Tensor | None = None
-
-    def bind(self, model: torch.nn.Module) -> None:
-        from steerl.objectives.restrict import resolve_params
-
-        sel = resolve_params(model, self.spec, balancer="gradnorm")
-        if sel.kind != "params":
-            raise ValueError(
-                f"objectives.aggregate_params={self.spec!r}: gradnorm needs parameters "
-                "(last_blocks:N, lora or regex:<pattern>), not the hidden state"
-            )
-        self.selection = sel
-        self.terms_jacobian.bind(model, sel.params, lambda: self._open)
-
-    def tap(self, *tensors: torch.Tensor | None) -> None:
-        """Per-token tensors of the next ``combine`` (see ``AggregatorBalancer.tap``)."""
-        self.terms_jacobian.tap(tensors)
-
-    def _init_terms(self, names: list[str]) -> None:
-        base = np.array([max(self.weights.get(k, 1.0), 1e-3) for k in names])
-        self.w = base * len(names) / base.sum()
-
-    def begin_step(self, step: int) -> None:
-        super().begin_step(step)
-        self._grads = None
-        self.terms_jacobian.reset()
-
-    def abort_step(self) -> None:
-        super().abort_step()
-        self.terms_jacobian.reset()
-
-    def current_weights(self) -> dict[str, float]:
-        assert self.names is not None
-        return dict(zip(self.names, self.w.tolist()))
-
-    def combine(self, terms, params=()) -> dict[str, float]:
-        if self.selection is None:
-            raise BalancerProtocolError("balancer 'gradnorm' needs bind(model) before combine()")
-        self._enter(terms)
-        assert self.names is not None
-        g = self.terms_jacobian.rows([terms[k] for k in self.names], self.selection.params)
-        self._grads = g if self._grads is None else self._grads + g
-        used = self.current_weights()
-        _backward(sum(used[k] * terms[k] for k in self.names))
-        self.last_weights = used
-        return dict(used)
-
-    def update(self, losses: dict[str, float]) -> None:
-        assert self.names is not None
-        if self._grads is None:
-            return
-        norms = self._grads.double().norm(dim=1).cpu().numpy()
-        self._grads = None
-        if not np.all(np.isfinite(norms)):
-            return
-        lv = np.array([self.level(k, losses[k]) for k in self.names])
-        if self.initial is None:
-            self.initial = lv.tolist()
-        ratio = lv / np.array(self.initial)
-        r = ratio / ratio.mean()
-        G = self.w * norms
-        target = G.mean() * r**self.alpha
-        grad = np.sign(G - target) * norms
-        w = np.maximum(self.opt.step(self.w, grad), 1e-3)
-        self.w = w * len(w) / w.sum()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "w": self.w.tolist(),
-            "initial": self.initial,
-            "opt": self.opt.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.w = np.asarray(state["w"], dtype=np.float64)
-        self.initial = state["initial"]
-        self.opt.load_state_dict(state["opt"])
-
-    def describe(self) -> dict[str, Any]:
-        out = {**super().describe(), "jacobian": self.terms_jacobian.mode}
-        if self.selection is not None:
-            out.update(self.selection.describe())
-        return out
-
-    def _repr_args(self) -> str:
-        base = super()._repr_args()
-        return f"alpha={self.alpha}, lr={self.lr}, aggregate_params={self.spec!r}" + (
-            f", {base}" if base else ""
-        )
-
-
-def _flat_grad(loss: torch.Tensor, params: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Gradient of ``loss`` w.r.t. ``params`` (zeros where unused), flattened, float32."""
-    params = list(params)
-    if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
-        return torch.cat([p.new_zeros(p.numel(), dtype=torch.float32) for p in params])
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return torch.cat(
-        [
-            (g if g is not None else torch.zeros_like(p)).reshape(-1).float()
-            for g, p in zip(grads, params)
-        ]
-    )
-
-
-# --------------------------------------------------------------------------- FAMO
-@BALANCERS.register("famo", "FAMO (Liu et al. 2023): balance the decrease rates of log-losses")
-class FAMOBalancer(Balancer):
-    """FAMO (Liu et al. 2023): balance the rates at which the log-losses decrease."""
-
-    name = "famo"
-    needs_hooks = True
-    MAX_LOGIT = 30.0
-
-    def __init__(self, weights=None, lr: float = 0.025, weight_decay: float = 1e-3, **kw: Any):
-        super().__init__(weights, **kw)
-        if not lr > 0 or weight_decay < 0:
-            raise ValueError(f"famo: lr={lr} must be > 0, weight_decay={weight_decay} >= 0")
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.logits = np.zeros(0)
-        self.prev: list[float] | None = None  # l_i of the previous step
-        self.opt = TinyAdam(lr, weight_decay=weight_decay)
-
-    def _init_terms(self, names: list[str]) -> None:
-        base = np.array([max(self.weights.get(k, 1.0), 1e-12) for k in names])
-        self.logits = np.log(base / base.sum())
-
-    def z(self) -> np.ndarray:
-        e = np.exp(self.logits - self.logits.max())
-        return e / e.sum()
-
-    def current_weights(self) -> dict[str, float]:
-        assert self.names is not None
-        k = len(self.names)
-        if self.prev is None:
-            w = k * self.z()
-        else:  # c z_i / l_i with c = 1 / sum_j z_j / l_j, in log space
-            a = np.log(self.z() + 1e-300) - np.log(np.array(self.prev))
-            e = np.exp(a - a.max())
-            w = k * e / e.sum()
-        return dict(zip(self.names, w.tolist()))
-
-    def update(self, losses: dict[str, float]) -> None:
-        assert self.names is not None
-        lv = [self.level(k, losses[k]) for k in self.names]
-        if self.prev is not None:
-            delta = np.log(self.prev) - np.log(lv)
-            z = self.z()
-            grad = z * (delta - z @ delta)  # J_softmax^T delta
-            if np.all(np.isfinite(grad)):
-                xi = self.opt.step(self.logits, grad)
-                self.logits = np.clip(xi, -self.MAX_LOGIT, self.MAX_LOGIT)
-        self.prev = lv
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "logits": self.logits.tolist(),
-            "prev": self.prev,
-            "opt": self.opt.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.logits = np.asarray(state["logits"], dtype=np.float64)
-        self.prev = state["prev"]
-        self.opt.load_state_dict(state["opt"])
-
-    def _repr_args(self) -> str:
-        base = super()._repr_args()
-        return f"lr={self.lr}, weight_decay={self.weight_decay}" + (f", {base}" if base else "")
+from steerl.objectives.gradnorm import GradNormBalancer  # noqa: E402, F401 - re-exported
