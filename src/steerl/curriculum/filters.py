@@ -28,7 +28,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -256,4 +256,63 @@ def cat_scores(parts: list[RewardResult]) -> RewardResult:
         metrics[f"reward/{name}/unscored"] = 1.0 - len(ok) / max(len(col), 1)
     return RewardResult(
         scores=scores, names=parts[0].names, weights=parts[0].weights, metrics=metrics
+    )
+
+
+def rebalance(
+    batch: Rollout,
+    adv: torch.Tensor,
+    ref_lp: torch.Tensor | None,
+    reward: torch.Tensor,
+    kept: list[Prompt],
+    group_size: int,
+    pad_token_id: int,
+    device: torch.device,
+) -> tuple[Rollout, torch.Tensor, torch.Tensor | None, torch.Tensor, list[Prompt]]:
+    """Under torchrun: the kept groups of all ranks, dealt out in equal contiguous shares.
+
+    Dynamic sampling keeps a different number of groups on each rank; this gathers them
+    (through the CPU: token ids, masks, log-probs, advantages, rewards) and gives rank r the
+    groups ``r*K//world .. (r+1)*K//world`` of the K kept. When K is smaller than the
+    number of ranks, no rank trains this step (every rank sees the same K).
+    Returns ``(batch, advantages, reference log-probs, rewards, kept prompts)`` of this rank.
+    """
+    G = group_size
+    cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
+    mine = (
+        Rollout(*(cpu(getattr(batch, f.name)) for f in fields(batch))),
+        cpu(adv),
+        cpu(ref_lp),
+        cpu(reward),
+        kept,
+    )
+    parts = [p for p in ddp.all_gather_objects(mine) if len(p[4])]
+    K, w, r = sum(len(p[4]) for p in parts), ddp.world_size(), ddp.rank()
+    if K < w:
+        return batch.index(torch.arange(0)), adv[:0], ref_lp, reward[:0], []
+    pad = pad_token_id
+    full = cat_rollouts([p[0] for p in parts], pad)
+    width = full.completion_ids.shape[1]
+
+    def cat_rows(i: int, value: float) -> torch.Tensor | None:
+        if parts[0][i] is None:
+            return None
+        ts = [p[i] for p in parts]
+        if ts[0].dim() == 2:  # (rows, T): right-pad to the common completion width
+            ts = [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in ts]
+        return torch.cat(ts)
+
+    all_adv, all_ref, all_reward = cat_rows(1, 0.0), cat_rows(2, 0.0), cat_rows(3, 0.0)
+    all_kept = [p for part in parts for p in part[4]]
+    g0, g1 = r * K // w, (r + 1) * K // w
+    rows = torch.arange(g0 * G, g1 * G)
+    dev = device
+    share = full.index(rows)
+    share = Rollout(*(getattr(share, f.name).to(dev) for f in fields(share)))
+    return (
+        share,
+        all_adv[rows].to(adv.device),
+        None if all_ref is None else all_ref[rows].to(dev),
+        all_reward[rows],
+        all_kept[g0:g1],
     )
