@@ -229,8 +229,8 @@ def peak_breakdown(snapshot: dict, top: int = 12) -> list[str]:
     """What was allocated at the moment of peak memory, by the code that allocated it.
 
     Replays the allocator trace of ``torch.cuda.memory._snapshot()`` (recorded with Python
-    stacks), keeps the set of live blocks at the largest total, and sums them by the first
-    steerl/transformers/torch frame of their allocating stack.
+    stacks), keeps the set of live blocks at the largest total, and sums them by the innermost
+    steerl (or benchmark) frame of their allocating stack, else its innermost Python frame.
     """
     live: dict[int, tuple[int, str]] = {}
     total = best = 0

@@ -220,6 +220,29 @@ def test_sampler_sees_weight_updates_and_rebuilds_when_replaced():
     assert torch.equal(again.completion_ids, _gen(model, ids, mask, greedy=True).completion_ids)
 
 
+def test_one_off_sampler_neither_evicts_nor_duplicates_the_cached_ones(monkeypatch):
+    model = _qwen()
+    kept = [_prompts(n=n) for n in (4, 5)]  # two shapes: the cache is full (_KEEP = 2)
+    for ids, mask in kept:
+        _gen(model, ids, mask, greedy=True, backend="static")
+    cached = dict(static_mod._SAMPLERS)
+    assert len(cached) == static_mod._KEEP
+    built = []
+    init = static_mod.StaticSampler.__init__
+    monkeypatch.setattr(
+        static_mod.StaticSampler,
+        "__init__",
+        lambda self, *a, **k: built.append(a[1]) or init(self, *a, **k),
+    )
+    ids, mask = _prompts(n=6)  # a third shape, once: built, run, not cached
+    one_off = _gen(model, ids, mask, greedy=True, backend="static", keep_sampler=False)
+    assert built == [6] and static_mod._SAMPLERS == cached
+    assert torch.equal(one_off.completion_ids, _gen(model, ids, mask, greedy=True).completion_ids)
+    ids, mask = kept[0]  # a cached shape: the cached sampler serves it
+    _gen(model, ids, mask, greedy=True, backend="static", keep_sampler=False)
+    assert built == [6] and static_mod._SAMPLERS == cached
+
+
 # --------------------------------------------------------------------------- backend choice
 def test_resolve_backend(tiny_policy):
     llama = tiny_policy("llama").model

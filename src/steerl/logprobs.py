@@ -106,8 +106,13 @@ class _ChunkedHeadLogprobs(torch.autograd.Function):
         grad_w = acc_w = None
         if need_w:
             g = weight.grad
-            into = ctx.into_grad and g is not None and g.dtype == weight.dtype
-            if into and g.shape == weight.shape and not torch.is_grad_enabled():
+            in_place = (  # the accumulated gradient, and no create_graph backward
+                ctx.into_grad
+                and g is not None
+                and (g.shape, g.dtype) == (weight.shape, weight.dtype)
+                and not torch.is_grad_enabled()
+            )
+            if in_place:
                 acc_w = g  # added in place; autograd gets None for the weight
             else:
                 grad_w = acc_w = torch.zeros_like(weight)

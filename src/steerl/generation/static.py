@@ -419,9 +419,9 @@ def static_generate(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Sample with a cached :class:`StaticSampler` for this shape (built on first use).
 
-    ``keep=False`` builds a sampler for this call alone and frees it (its KV cache and
-    graph) afterwards: for occasional batches such as evaluation, whose cache would
-    otherwise stay allocated through training.
+    ``keep=False`` (occasional batches such as evaluation): a cached sampler for this shape
+    is used if there is one; otherwise one is built for this call alone and freed (its KV
+    cache and graph) afterwards, without evicting the cached ones.
     """
     n, p = prompt_ids.shape
     width = -(-p // PROMPT_BUCKET) * PROMPT_BUCKET
@@ -441,27 +441,28 @@ def static_generate(
         compile and use_graph,
     )
     sampler = _SAMPLERS.get(key)
-    if sampler is None or not sampler.is_valid_for(model) or not keep:
+    if sampler is not None and sampler.is_valid_for(model):
+        _SAMPLERS.move_to_end(key)  # a cached one serves kept and one-off calls alike
+        return sampler.run(prompt_ids, prompt_mask)
+    _SAMPLERS.pop(key, None)  # stale: the model's parameters were replaced
+    sampler = StaticSampler(
+        model,
+        n,
+        width,
+        max_new_tokens,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        temperature=temperature,
+        top_p=top_p,
+        greedy=greedy,
+        generator=generator,
+        use_graph=use_graph,
+        compile_step=compile and use_graph,
+    )
+    if keep:  # a one-off sampler neither enters the cache nor evicts from it
         while len(_SAMPLERS) >= _KEEP:
             _SAMPLERS.popitem(last=False)
-        sampler = StaticSampler(
-            model,
-            n,
-            width,
-            max_new_tokens,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            temperature=temperature,
-            top_p=top_p,
-            greedy=greedy,
-            generator=generator,
-            use_graph=use_graph,
-            compile_step=compile and use_graph,
-        )
-        if not keep:
-            return sampler.run(prompt_ids, prompt_mask)
         _SAMPLERS[key] = sampler
-    _SAMPLERS.move_to_end(key)
     return sampler.run(prompt_ids, prompt_mask)
 
 
