@@ -44,8 +44,8 @@ def greedy_chunks(
 ) -> Iterator[tuple[list[Prompt], list[str], Rollout]]:
     """``(prompts, completions, rollout)`` per chunk of greedy completions, in order.
 
-    With ``backend="static"`` every chunk has the same number of rows (the first chunk's);
-    the rollout then holds the padding rows too, the completions do not.
+    With ``backend="static"`` every chunk is decoded with the same number of rows (the first
+    chunk's); the padding rows are dropped before anything is returned.
     """
     device = next(model.parameters()).device
     size = max(1, min(chunk, len(prompts)))
@@ -66,7 +66,9 @@ def greedy_chunks(
             backend=backend,
             keep_sampler=False,
         )
-        yield part, decode_completions(tokenizer, out)[: len(part)], out
+        if len(texts) > len(part):
+            out = out.index(torch.arange(len(part), device=out.completion_ids.device))
+        yield part, decode_completions(tokenizer, out), out
 
 
 def accuracy_by_level(

@@ -49,7 +49,7 @@ def greedy_scores(trainer: Any, chunk: int = 512) -> tuple[list[str], torch.Tens
         res = trainer.rewards.score([p.text for p in part], comps, prompt_fields(part), -1)
         names = list(res.names)
         cols.append(res.scores.nan_to_num(0.0).to(torch.float64).cpu())
-        lengths.append(out.completion_mask[: len(part)].sum(-1).to(torch.float64).cpu())
+        lengths.append(out.completion_mask.sum(-1).to(torch.float64).cpu())
     if not cols:
         return names, torch.zeros(0, len(names), dtype=torch.float64), torch.zeros(0)
     return names, torch.cat(cols), torch.cat(lengths)
