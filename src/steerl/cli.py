@@ -262,14 +262,14 @@ class _LazySubApp(TyperGroup):
     ) -> Any:
         module, attribute = self.import_path.split(":")
         group = typer.main.get_group(getattr(importlib.import_module(module), attribute))
-        group.name = self.name
+        group.name, group.help = self.name, self.help  # the help text is written here only
         return group.make_context(info_name, args, parent=parent, **extra)
 
 
 def _add_lazy_typer(name: str, import_path: str, help: str) -> None:
     """``app.add_typer`` of the Typer at ``import_path``, imported when ``steerl NAME`` runs.
 
-    ``help`` is what ``steerl --help`` shows for NAME: keep it equal to that Typer's help.
+    ``help`` is the sub-app's help text, in ``steerl --help`` and ``steerl NAME --help``.
     """
     cls = type(f"_Lazy_{name}", (_LazySubApp,), {"import_path": import_path})
     app.add_typer(typer.Typer(), name=name, help=help, cls=cls)

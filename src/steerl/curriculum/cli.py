@@ -14,9 +14,8 @@ from rich.console import Console
 from steerl.cli_errors import user_errors as _user_errors
 from steerl.config import load_config
 
-curriculum_app = typer.Typer(
-    help="Curriculum tools: measure prompt difficulty with a policy.", no_args_is_help=True
-)
+#: Its help text is given where :mod:`steerl.cli` attaches it.
+curriculum_app = typer.Typer(no_args_is_help=True)
 
 
 @curriculum_app.command("profile")

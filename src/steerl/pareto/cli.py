@@ -18,10 +18,8 @@ from rich.table import Table
 from steerl.cli_errors import user_errors as _user_errors
 from steerl.config import ConfigError
 
-pareto_app = typer.Typer(
-    help="Pareto fronts: preference sweeps and weight soups over several rewards.",
-    no_args_is_help=True,
-)
+#: Its help text is given where :mod:`steerl.cli` attaches it.
+pareto_app = typer.Typer(no_args_is_help=True)
 
 
 @contextmanager
