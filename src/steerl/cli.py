@@ -23,8 +23,6 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from steerl.cli_errors import EXIT_USER_ERROR  # noqa: F401  (re-exported)
-from steerl.cli_errors import is_user_error as _is_user_error  # noqa: F401
 from steerl.cli_errors import user_errors as _user_errors
 from steerl.config import ConfigError, list_recipes, load_config
 from steerl.registry import Registry, RegistryError
