@@ -8,14 +8,8 @@ A reward is ``fn(prompts, completions, **fields) -> list[float | None]`` (or a
 # registers the built-in rewards
 from steerl.rewards import builtins, code_exec, math_answer, reward_model  # noqa: F401
 from steerl.rewards.base import REWARDS, RewardFn, RewardOutput, reward
-from steerl.rewards.combine import (
-    BoundReward,
-    RewardFailure,
-    RewardResult,
-    RewardSet,
-    bind_reward,
-    build_rewards,
-)
+from steerl.rewards.binding import BoundReward, bind_reward
+from steerl.rewards.combine import RewardFailure, RewardResult, RewardSet, build_rewards
 
 __all__ = [
     "REWARDS",
