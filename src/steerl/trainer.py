@@ -846,15 +846,11 @@ class Trainer:
         step = self.state.global_step if step is None else step
         acc = self.evaluate()
         self.state.evals.append({"step": step, "tag": tag, "accuracy": acc})
-        logger.log(
-            step,
-            {f"eval/accuracy/level_{k}": v for k, v in acc.items()} | {"eval/tag": tag},
-        )
+        named = {f"eval/accuracy/level_{k}": v for k, v in acc.items()}
+        logger.log(step, named | {"eval/tag": tag})
         for cb in self.callbacks:
             cb.on_evaluate(self, step, acc)
-        if tag == "rl" and self.stability.observe_eval(
-            {f"eval/accuracy/level_{k}": v for k, v in acc.items()}, step
-        ):
+        if tag == "rl" and self.stability.observe_eval(named, step):
             self._request_stop(self.stability.stop_reason or "early stopping")
         return acc
 
