@@ -35,52 +35,152 @@ def events_ms(fn, reps: int) -> float:
     return statistics.median(ts)
 
 
+#: Sampler variants compared (StaticSampler keyword arguments).
+VARIANTS = {
+    "bool mask": dict(float_mask=False),
+    "float mask": dict(),
+    "compiled all + gate/up stacked": dict(
+        compile_step=True, cache_in_compiled=True, fuse_gate_up=True
+    ),
+    "compiled all": dict(compile_step=True, cache_in_compiled=True),
+    "compiled all, triton attention": dict(
+        compile_step=True, cache_in_compiled=True, attn="triton"
+    ),
+    "compiled all, flex attention": dict(compile_step=True, cache_in_compiled=True, attn="flex"),
+    "compiled all, triton pick": dict(compile_step=True, cache_in_compiled=True, pick="triton"),
+    "compiled all, triton attention + pick": dict(
+        compile_step=True, cache_in_compiled=True, attn="triton", pick="triton"
+    ),
+    "compiled all, triton attention + pick, gate/up stacked": dict(
+        compile_step=True, cache_in_compiled=True, attn="triton", pick="triton", fuse_gate_up=True
+    ),
+    "eager layers, triton attention + pick": dict(attn="triton", pick="triton"),
+}
+
+
+def check_kernels(dev) -> None:
+    """The Triton kernels against tensor ops on random bf16 inputs of the anchor's shapes."""
+    from steerl.generation import kernels as K
+
+    g = torch.Generator(device=dev).manual_seed(1)
+    n, hq, hkv, s, d = 64, 14, 2, 320, 64
+    q = torch.randn(n, hq, d, device=dev, generator=g).bfloat16()
+    k = torch.randn(n, hkv, s, d, device=dev, generator=g).bfloat16()
+    v = torch.randn(n, hkv, s, d, device=dev, generator=g).bfloat16()
+    valid = torch.rand(n, s, device=dev, generator=g) > 0.5
+    out = K.decode_attention(q, k, v, valid, 0.125).float()
+    ref = F.scaled_dot_product_attention(
+        q[:, :, None].double(),
+        k.double().repeat_interleave(hq // hkv, 1),
+        v.double().repeat_interleave(hq // hkv, 1),
+        attn_mask=valid[:, None, None],
+        scale=0.125,
+    )[:, :, 0]
+    rel = ((out - ref).norm() / ref.norm()).item()
+    print(f"check: triton decode attention vs float64 SDPA: relative error {rel:.2e}")
+    logits = (torch.randn(n, 151936, device=dev, generator=g) * 4).bfloat16()
+    state = dict(
+        done=torch.zeros(n, dtype=torch.bool, device=dev),
+        step=torch.zeros(1, dtype=torch.long, device=dev),
+        cur=torch.zeros(n, dtype=torch.long, device=dev),
+        tokens=torch.zeros(n, 4, dtype=torch.long, device=dev),
+        logprobs=torch.zeros(n, 4, device=dev),
+    )
+    seed = torch.tensor([5], device=dev)
+    K.race_pick(logits, seed, inv_temp=1.0, greedy=True, pad=0, eos=None, **state)
+    z = logits.float()
+    ok = torch.equal(state["cur"], z.argmax(-1))
+    lp_err = state["logprobs"][:, 0] - z.log_softmax(-1).gather(-1, z.argmax(-1)[:, None])[:, 0]
+    print(f"check: triton greedy pick equals argmax: {ok}, log-prob error {lp_err.abs().max():.2e}")
+    # sampling: 16,384 rows of one distribution over 1,000 tokens against its softmax
+    rows, vocab = 16384, 1000
+    base = torch.randn(vocab, device=dev, generator=g) * 2
+    logits = base.expand(rows, vocab).contiguous()
+    state = dict(
+        done=torch.zeros(rows, dtype=torch.bool, device=dev),
+        step=torch.zeros(1, dtype=torch.long, device=dev),
+        cur=torch.zeros(rows, dtype=torch.long, device=dev),
+        tokens=torch.zeros(rows, 1, dtype=torch.long, device=dev),
+        logprobs=torch.zeros(rows, 1, device=dev),
+    )
+    try:
+        K.race_pick(logits, seed, inv_temp=0.7, greedy=False, pad=0, eos=None, **state)
+        freq = torch.bincount(state["cur"], minlength=vocab).double() / rows
+        err = (freq - (base * 0.7).double().softmax(-1)).abs().max().item()
+        lp = (base * 0.7).log_softmax(-1)[state["cur"]]
+        lp_err = (state["logprobs"][:, 0] - lp).abs().max().item()
+        print(
+            f"check: triton sampled frequencies vs softmax: max abs {err:.4f} (16k rows); "
+            f"log-prob error {lp_err:.2e}"
+        )
+    except Exception as e:  # noqa: BLE001
+        print(f"check: triton sampling failed: {e}")
+
+
 def main() -> None:
+    import os
+
+    from gpu_step import bandwidth, n_params
+
     dev = torch.device("cuda")
     model = build_model(False).to(dev, torch.bfloat16).eval()
     n, p, new = 64, 64, 256
+    floor_ms = n_params(model) * 2 / bandwidth(dev) * 1e3
+    print(f"{torch.cuda.get_device_name()}: floor {floor_ms:.3f} ms/step", flush=True)
     ids = torch.randint(3, 151936, (n, p), device=dev)
     mask = torch.ones_like(ids)
-    gen = torch.Generator(device=dev).manual_seed(0)
+    mask[: n // 4, : p // 2] = 0  # some left padding, as real batches have
     kw = dict(eos_token_id=None, pad_token_id=0, temperature=1.0, top_p=1.0, greedy=False)
     torch.set_grad_enabled(False)
-    for compiled in (False, True):
+    check_kernels(dev)
+    pick = [a for a in sys.argv[1:] if not a.startswith("--")]
+    rows, ref = [], None
+    out = os.environ.get("OUT")
+    for name, opts in VARIANTS.items():
+        if pick and not any(k in name for k in pick):
+            continue
+        gen = torch.Generator(device=dev).manual_seed(0)
         t0 = time.perf_counter()
-        s = StaticSampler(
-            model, n, p, new, generator=gen, use_graph=True, compile_step=compiled, **kw
-        )
+        try:
+            s = StaticSampler(model, n, p, new, generator=gen, use_graph=True, **kw, **opts)
+        except Exception as e:  # noqa: BLE001
+            print(f"{name}: failed to build: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            continue
         torch.cuda.synchronize()
         build = time.perf_counter() - t0
-        pre = events_ms(lambda s=s: s.prefill(ids, mask), 5)
+        toks, _, _ = s.run(ids, mask)
+        same = "-" if ref is None else f"{(toks == ref).float().mean().item():.3f}"
+        ref = toks if ref is None else ref
         s.prefill(ids, mask)
-        rep = events_ms(s.graph.replay, 50)
-        s.prefill(ids, mask)
-        eager_step = events_ms(s._decode_step, 10)
-        fwd_only = events_ms(s._forward_fn, 10)
-        t0 = time.perf_counter()
-        s.run(ids, mask)
-        torch.cuda.synchronize()
-        total = time.perf_counter() - t0
-        try:
-            from torch.profiler import ProfilerActivity, profile
+        rep = events_ms(s.graph.replay, 100)
+        from torch.profiler import ProfilerActivity, profile
 
-            s.prefill(ids, mask)
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                s._decode_step()
-                torch.cuda.synchronize()
-            ev = [e for e in prof.events() if e.device_type.name == "CUDA"]
-            kern = f"kernels/step {len(ev)}, summed {sum(e.device_time for e in ev) / 1e3:.3f} ms"
-            top = prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
-        except Exception as e:  # noqa: BLE001
-            kern, top = f"profiler failed: {e}", ""
+        s.prefill(ids, mask)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            s._decode_step()
+            torch.cuda.synchronize()
+        ev = [e for e in prof.events() if e.device_type.name == "CUDA"]
+        summed = sum(e.device_time for e in ev) / 1e3
+        top = prof.key_averages().table(
+            sort_by="cuda_time_total", row_limit=30, max_name_column_width=70
+        )
+        if out:
+            with open(Path(out, "kernels.txt"), "a") as f:
+                f.write(f"== {name}\n{top}\n")
+        rows.append((name, build, rep, len(ev), summed, floor_ms / rep, same))
         print(
-            f"compile={compiled}: build {build:.1f}s, prefill {pre:.2f} ms, graph replay "
-            f"{rep:.3f} ms/token, eager step {eager_step:.2f} ms (forward {fwd_only:.2f}), "
-            f"{kern}, run() {total:.3f}s",
+            f"{name}: build {build:.1f}s, replay {rep:.3f} ms/token, {len(ev)} kernels, "
+            f"summed {summed:.3f} ms, {100 * floor_ms / rep:.1f}% of floor, same tokens {same}",
             flush=True,
         )
-        print(top[:3000])
         s = None
+        torch.cuda.empty_cache()
+    print("\n| variant | build s | ms/token | kernels | kernel ms | % floor | same tokens |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        name, build, rep, count, summed, share, same = r
+        cells = f"{build:.1f} | {rep:.3f} | {count} | {summed:.3f} | {100 * share:.1f}%"
+        print(f"| {name} | {cells} | {same} |")
 
     if "--probe" not in sys.argv:
         return

@@ -106,6 +106,13 @@ class StaticSampler:
         generator: torch.Generator | None,
         use_graph: bool,
         compile_step: bool = False,
+        float_mask: bool = True,
+        fused_sample: bool | None = None,
+        cache_in_compiled: bool = False,
+        sdpa: str | None = None,
+        fuse_gate_up: bool = False,
+        attn: str = "sdpa",
+        pick: str = "torch",
     ):
         conf = model.config
         dev = next(model.parameters()).device
@@ -114,6 +121,8 @@ class StaticSampler:
         self.n, self.p, self.max_new, self.s = n, p, max_new, p + max_new
         self.eos, self.pad = eos_token_id, pad_token_id
         self.temperature, self.top_p, self.greedy = temperature, top_p, greedy
+        # greedy decoding records the untempered log-probability (as the eager sampler)
+        self._inv_temp = 1.0 if greedy else 1.0 / temperature
         self.generator = generator
         attn = self.base.layers[0].self_attn
         self.head_dim = attn.head_dim
@@ -159,6 +168,21 @@ class StaticSampler:
             and getattr(conf, "hidden_act", "") == "silu"
             and getattr(conf, "mlp_bias", False) is False
         )
+        # one additive float mask per step instead of a boolean one per layer (SDPA turns a
+        # boolean mask into a float one on every call)
+        self.float_mask = float_mask
+        # compiled head math: float cast, temperature, log-sum-exp, exponential race, argmax
+        # and the done/pad bookkeeping in a few kernels (plain top-p sampling stays eager)
+        self.fused_sample = (compile_step if fused_sample is None else fused_sample) and top_p >= 1
+        self.cache_in_compiled = cache_in_compiled and self.compiled
+        self.sdpa = sdpa
+        self.attn = attn  # decode attention: sdpa | flex | triton
+        self.pick = pick if top_p >= 1 else "torch"  # sampling: torch | triton
+        # gate and up projections as one matrix per layer (one GEMM; costs a copy of them)
+        self.w_gu = None
+        if fuse_gate_up and self.compiled:
+            mlps = [layer.mlp for layer in self.base.layers]
+            self.w_gu = [torch.cat([m.gate_proj.weight, m.up_proj.weight]) for m in mlps]
         self.graph: torch.cuda.CUDAGraph | None = None
         if use_graph:
             self._capture()
@@ -179,6 +203,9 @@ class StaticSampler:
                 torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], out=self.w_qkv[i])
                 if self.b_qkv[i] is not None:
                     torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias], out=self.b_qkv[i])
+                if self.w_gu is not None:
+                    m = layer.mlp
+                    torch.cat([m.gate_proj.weight, m.up_proj.weight], out=self.w_gu[i])
 
     def _layer_compiled(self, i: int, h: torch.Tensor, cos, sin, slot, mask) -> torch.Tensor:
         """One decode-step layer through the compiled pure parts (same math as ``_layer``)."""
@@ -187,16 +214,42 @@ class StaticSampler:
         hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
         n = h.shape[0]
         eps1 = _eps(layer.input_layernorm)
-        qs, ks, vs = _compiled("attn_in")(
-            h, layer.input_layernorm.weight, self.w_qkv[i], self.b_qkv[i], cos, sin, eps1, hq, hkv
-        )
         kc, vc = self.k_cache[i], self.v_cache[i]
-        kc.index_copy_(2, slot, ks)
-        vc.index_copy_(2, slot, vs)
-        qg = qs.reshape(n, hkv, hq // hkv, d)
-        o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask, scale=self.scaling)
-        o = o.reshape(n, 1, hq * d)
+        if self.cache_in_compiled:
+            qs = _compiled("attn_in_cache")(
+                h,
+                layer.input_layernorm.weight,
+                self.w_qkv[i],
+                self.b_qkv[i],
+                cos,
+                sin,
+                kc,
+                vc,
+                slot,
+                eps1,
+                hq,
+                hkv,
+            )
+        else:
+            qs, ks, vs = _compiled("attn_in")(
+                h,
+                layer.input_layernorm.weight,
+                self.w_qkv[i],
+                self.b_qkv[i],
+                cos,
+                sin,
+                eps1,
+                hq,
+                hkv,
+            )
+            kc.index_copy_(2, slot, ks)
+            vc.index_copy_(2, slot, vs)
+        o = self._decode_attention(qs, kc, vc, mask).reshape(n, 1, hq * d)
         ln2 = layer.post_attention_layernorm
+        if self.w_gu is not None:
+            return _compiled("attn_out_mlp_gu")(
+                h, o, attn.o_proj.weight, ln2.weight, self.w_gu[i], mlp.down_proj.weight, _eps(ln2)
+            )
         return _compiled("attn_out_mlp")(
             h,
             o,
@@ -207,6 +260,20 @@ class StaticSampler:
             mlp.down_proj.weight,
             _eps(ln2),
         )
+
+    def _decode_attention(self, qs, kc, vc, mask) -> torch.Tensor:
+        """q (N, Hq, 1, D) against the cache -> (N, Hq, D) (or a view with that layout)."""
+        n, hq, _, d = qs.shape
+        hkv = self.n_kv
+        if self.attn == "triton":
+            from steerl.generation.kernels import decode_attention
+
+            return decode_attention(qs[:, :, 0], kc, vc, self.valid, self.scaling)
+        if self.attn == "flex":
+            return _compiled("flex")(qs, kc, vc, self.valid, self.scaling)[:, :, 0]
+        qg = qs.reshape(n, hkv, hq // hkv, d)
+        o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask, scale=self.scaling)
+        return o.reshape(n, hq, d)
 
     def _layer(self, i: int, h: torch.Tensor, cos, sin, slot, mask, prefill: bool):
         """One decoder layer. h: (N, q, H); cos/sin: (N, q, 1, D); mask: (N, 1, q|1, S')."""
@@ -236,9 +303,7 @@ class StaticSampler:
             vc.index_copy_(2, slot, vs)
             # grouped-query attention without copying K/V: the g query heads of one KV head
             # become g query rows of that head (head h uses KV head h // g, as repeat_kv)
-            qg = qs.reshape(n, hkv, g, d)
-            o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask, scale=self.scaling)
-            o = o.reshape(n, hq, 1, d)
+            o = self._decode_attention(qs, kc, vc, mask).reshape(n, hq, 1, d)
         o = o.transpose(1, 2).reshape(n, q, hq * d)
         h = _linear_add(h, o, attn.o_proj)
         mlp = layer.mlp
@@ -248,6 +313,40 @@ class StaticSampler:
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """(N, H) last hidden state -> (N, V) float32 logits."""
         return self.model.lm_head(_rms(self.base.norm, h)).float()
+
+    def _sample_fused(self, h: torch.Tensor) -> None:
+        """:meth:`_sample` with the head's math compiled (the same random stream)."""
+        logits = self.model.lm_head(_rms(self.base.norm, h))  # (N, V), model dtype
+        noise = None
+        if not self.greedy:
+            noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+            noise.exponential_(generator=self.generator)
+        tok, tok_rec, lp_rec, done = _compiled("pick")(
+            logits,
+            noise,
+            self.done,
+            self._inv_temp,
+            self.pad,
+            -1 if self.eos is None else self.eos,
+        )
+        col = self.step.clamp(max=self.max_new - 1)
+        self.tokens.index_copy_(1, col, tok_rec[:, None])
+        self.logprobs.index_copy_(1, col, lp_rec[:, None])
+        self.done.copy_(done)
+        self.cur.copy_(tok)
+        self.step += 1
+
+    def _sample_triton(self, h: torch.Tensor) -> None:
+        """:meth:`_sample` by :func:`steerl.generation.kernels.race_pick` (in-kernel noise)."""
+        from steerl.generation.kernels import race_pick
+
+        logits = self.model.lm_head(_rms(self.base.norm, h))  # (N, V), model dtype
+        seed = torch.randint(0, 2**31 - 1, (1,), generator=self.generator, device=logits.device)
+        race_pick(
+            logits, seed, inv_temp=self._inv_temp, greedy=self.greedy, done=self.done,
+            step=self.step, cur=self.cur, tokens=self.tokens, logprobs=self.logprobs,
+            pad=self.pad, eos=self.eos,
+        )  # fmt: skip
 
     def _sample(self, logits: torch.Tensor) -> None:
         """Choose the next token of every row and record it (all on the device)."""
@@ -299,19 +398,40 @@ class StaticSampler:
 
     def _decode_step(self) -> None:
         """Feed ``cur`` at cache slot ``P + step - 1`` and sample the next token."""
-        self._sample(self._forward_fn())
+        if self.pick == "triton":
+            self._sample_triton(self._decode_hidden())
+        elif self.fused_sample:
+            self._sample_fused(self._decode_hidden())
+        else:
+            self._sample(self._forward_fn())
 
     def _decode_forward(self) -> torch.Tensor:
         """Logits (N, V) after feeding ``cur`` at cache slot ``P + step - 1``."""
+        return self._logits(self._decode_hidden())
+
+    def _decode_hidden(self) -> torch.Tensor:
+        """Last hidden state (N, H) after feeding ``cur`` at cache slot ``P + step - 1``."""
+        if self.sdpa is not None:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([getattr(SDPBackend, self.sdpa.upper())]):
+                return self._decode_layers()
+        return self._decode_layers()
+
+    def _decode_layers(self) -> torch.Tensor:
         slot = self.step - 1 + self.p  # (1,)
         self.valid.index_fill_(1, slot, True)
         pos = self.base_pos + self.step - 1  # (N,)
         cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # (N, 1, 1, D)
         mask = self.valid[:, None, None, :]  # (N, 1, 1, S)
+        if self.float_mask:
+            mask = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(
+                ~mask, float("-inf")
+            )
         h = self.base.embed_tokens(self.cur[:, None])
         for i in range(len(self.base.layers)):
             h = self._layer(i, h, cos, sin, slot, mask, prefill=False)
-        return self._logits(h[:, -1])
+        return h[:, -1]
 
     def _capture(self) -> None:
         """Warm up on a side stream (kernels, compilation), then capture one decode step.
@@ -376,6 +496,44 @@ def _attn_in(h, norm_w, w_qkv, b_qkv, cos, sin, eps: float, hq: int, hkv: int):
     return qk[:, :, :hq].transpose(1, 2), qk[:, :, hq:].transpose(1, 2), v.transpose(1, 2)
 
 
+def _attn_in_cache(h, norm_w, w_qkv, b_qkv, cos, sin, kc, vc, slot, eps: float, hq: int, hkv: int):
+    """:func:`_attn_in` that also writes k and v into the cache at ``slot``: q (N, H, q, D)."""
+    q, k, v = _attn_in(h, norm_w, w_qkv, b_qkv, cos, sin, eps, hq, hkv)
+    kc.index_copy_(2, slot, k)
+    vc.index_copy_(2, slot, v)
+    return q
+
+
+def _attn_out_mlp_gu(h, o, w_o, norm_w, w_gu, w_down, eps: float):
+    """:func:`_attn_out_mlp` with the gate and up weights stacked into one matrix."""
+    shape = h.shape
+    h = torch.addmm(h.reshape(-1, shape[-1]), o.reshape(-1, o.shape[-1]), w_o.t())
+    x = F.rms_norm(h, (shape[-1],), norm_w, eps)
+    gate, up = F.linear(x, w_gu).chunk(2, -1)
+    return torch.addmm(h, F.silu(gate) * up, w_down.t()).view(shape)
+
+
+def _flex(q, kc, vc, valid, scale: float):
+    """Decode attention by ``flex_attention`` (GQA, keys masked by ``valid`` (N, S))."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def keep_valid(score, b, h, q_idx, kv_idx):
+        return torch.where(valid[b, kv_idx], score, -float("inf"))
+
+    return flex_attention(q, kc, vc, score_mod=keep_valid, scale=scale, enable_gqa=True)
+
+
+def _pick(logits, noise, done, inv_temp: float, pad: int, eos: int):
+    """Next token by the exponential race (``noise`` Exp(1); ``None``: greedy), its tempered
+    log-probability, and the values recorded for rows that already ended (pad, 0)."""
+    z = logits.float() * inv_temp
+    lse = torch.logsumexp(z, -1)
+    tok = z.argmax(-1) if noise is None else (z - noise.log()).argmax(-1)
+    lp = z.gather(-1, tok[:, None]).squeeze(-1) - lse
+    rec = torch.where(done, pad, tok)
+    return tok, rec, torch.where(done, 0.0, lp), done | (tok == eos)
+
+
 def _attn_out_mlp(h, o, w_o, norm_w, w_gate, w_up, w_down, eps: float):
     """Output projection + residual, RMSNorm, SiLU-gated MLP + residual of one layer."""
     shape = h.shape
@@ -392,8 +550,18 @@ _COMPILED: dict[str, Any] = {}
 
 def _compiled(name: str):
     if name not in _COMPILED:
-        fn = {"attn_in": _attn_in, "attn_out_mlp": _attn_out_mlp}[name]
-        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False)
+        fn = {
+            "attn_in": _attn_in,
+            "attn_in_cache": _attn_in_cache,
+            "attn_out_mlp": _attn_out_mlp,
+            "attn_out_mlp_gu": _attn_out_mlp_gu,
+            "pick": _pick,
+            "flex": _flex,
+        }[name]
+        import os
+
+        mode = os.environ.get("STEERL_COMPILE_MODE") or None  # benchmarks: max-autotune-...
+        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
     return _COMPILED[name]
 
 
