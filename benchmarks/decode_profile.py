@@ -37,24 +37,12 @@ def events_ms(fn, reps: int) -> float:
 
 #: Sampler variants compared (StaticSampler keyword arguments).
 VARIANTS = {
-    "bool mask": dict(float_mask=False),
-    "float mask": dict(),
-    "compiled all + gate/up stacked": dict(
-        compile_step=True, cache_in_compiled=True, fuse_gate_up=True
-    ),
-    "compiled all": dict(compile_step=True, cache_in_compiled=True),
-    "compiled all, triton attention": dict(
-        compile_step=True, cache_in_compiled=True, attn="triton"
-    ),
-    "compiled all, flex attention": dict(compile_step=True, cache_in_compiled=True, attn="flex"),
-    "compiled all, triton pick": dict(compile_step=True, cache_in_compiled=True, pick="triton"),
-    "compiled all, triton attention + pick": dict(
-        compile_step=True, cache_in_compiled=True, attn="triton", pick="triton"
-    ),
-    "compiled all, triton attention + pick, gate/up stacked": dict(
-        compile_step=True, cache_in_compiled=True, attn="triton", pick="triton", fuse_gate_up=True
-    ),
-    "eager layers, triton attention + pick": dict(attn="triton", pick="triton"),
+    "eager layers": dict(),
+    "eager layers, triton attention + pick": dict(attention="triton", pick="triton"),
+    "compiled": dict(compile_step=True),
+    "compiled, triton attention": dict(compile_step=True, attention="triton"),
+    "compiled, triton pick": dict(compile_step=True, pick="triton"),
+    "compiled, triton attention + pick": dict(compile_step=True, attention="triton", pick="triton"),
 }
 
 

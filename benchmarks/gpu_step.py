@@ -554,7 +554,8 @@ def main() -> None:
         "--variants",
         default="static,static+ckpt,static+ckpt+mb64,trl,eager",
         help="runs in order: static, static+ckpt, static+ckpt+mb64, static+ckpt+adafactor, "
-        "static+ckpt+mb64+adafactor, static+compile, eager, trl, trl+adafactor",
+        "static+ckpt+mb64+adafactor, static+compile, static+torch, static+ckpt+mb64+compile, "
+        "eager, trl, trl+adafactor",
     )
     ap.add_argument("--json", default=None, help="write every number here")
     ap.add_argument(
@@ -587,6 +588,13 @@ def main() -> None:
             "optim.name=adafactor",
         ],
         "static+compile": ["rollout.backend=static", "rollout.compile=true"],
+        "static+torch": ["rollout.backend=static", "rollout.kernels=torch"],  # no Triton kernels
+        "static+ckpt+mb64+compile": [
+            "rollout.backend=static",
+            "rollout.compile=true",
+            "model.gradient_checkpointing=true",
+            "loss.micro_batch_size=64",
+        ],
         "eager": ["rollout.backend=eager"],
     }
     floor_tps = peak = None

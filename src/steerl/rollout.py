@@ -121,6 +121,32 @@ def resolve_backend(name: str, model: PreTrainedModel) -> str:
     return name
 
 
+def resolve_kernels(name: str, model: PreTrainedModel, backend: str) -> str:
+    """``rollout.kernels`` -> ``triton`` or ``torch`` for the static sampler's decode step.
+
+    ``auto`` is ``triton`` when the static sampler runs on CUDA, Triton is installed and the
+    model's head size suits the attention kernel; ``triton`` asked for where it cannot run
+    raises :class:`~steerl.config.ConfigError` naming the key.
+    """
+    from steerl.config import ConfigError
+    from steerl.generation import kernels
+
+    if name not in ("auto", "triton", "torch"):
+        raise ConfigError(
+            f"key 'rollout.kernels': got {name!r}; allowed values are auto, triton, torch"
+        )
+    if name == "torch" or backend != "static":
+        return "torch"
+    reason = kernels.unsupported_reason(model)
+    if reason is None:
+        return "triton"
+    if name == "triton":
+        raise ConfigError(
+            f"key 'rollout.kernels': got 'triton' but {reason}; allowed here: auto, torch"
+        )
+    return "torch"
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -136,6 +162,7 @@ def generate(
     generator: torch.Generator | None = None,
     backend: str = "eager",
     compile: bool = False,
+    kernels: str = "torch",
     ignore_eos: bool = False,
     keep_sampler: bool = True,
 ) -> Rollout:
@@ -143,9 +170,10 @@ def generate(
 
     ``backend``: ``eager`` or ``static`` (see :data:`BACKENDS`; resolve ``auto`` first with
     :func:`resolve_backend`); ``compile`` applies to ``static`` on CUDA (``torch.compile`` of
-    each layer's pure parts). ``ignore_eos`` samples past EOS: every completion is
-    ``max_new_tokens`` long and counts as truncated (for benchmarks). ``keep_sampler=False``
-    frees the static sampler built for this call (evaluation batches).
+    each decode layer); ``kernels`` (``torch`` or ``triton``, see :func:`resolve_kernels`)
+    picks the static sampler's decode attention and sampling. ``ignore_eos`` samples past
+    EOS: every completion is ``max_new_tokens`` long and counts as truncated (for benchmarks).
+    ``keep_sampler=False`` frees the static sampler built for this call (evaluation batches).
     """
     was_training = model.training
     model.eval()
@@ -164,7 +192,13 @@ def generate(
             from steerl.generation.static import static_generate
 
             tokens, logprobs, _ = static_generate(
-                model, prompt_ids, prompt_mask, compile=compile, keep=keep_sampler, **kw
+                model,
+                prompt_ids,
+                prompt_mask,
+                compile=compile,
+                kernels=kernels,
+                keep=keep_sampler,
+                **kw,
             )
         else:
             tokens, logprobs = _eager_generate(model, prompt_ids, prompt_mask, **kw)

@@ -56,6 +56,7 @@ from steerl.rollout import (
     encode_prompts,
     generate,
     resolve_backend,
+    resolve_kernels,
 )
 from steerl.schedules import (
     AdaptiveKLController,
@@ -137,6 +138,9 @@ class Trainer:
             base_is_start=not cfg.warmup.steps,
         )
         self.sampler_backend = resolve_backend(cfg.rollout.backend, self.model)  # eager|static
+        self.sampler_kernels = resolve_kernels(  # torch|triton
+            cfg.rollout.kernels, self.model, self.sampler_backend
+        )
         self.loss = build_policy_loss(cfg.loss)  # the "policy" term
         self.aux_terms = build_aux_terms(cfg.loss)  # loss.aux: further named terms
         # objectives: rewards -> training signal (combiner); loss terms -> gradient (balancer)
@@ -474,6 +478,7 @@ class Trainer:
             generator=self.sampler,
             backend=self.sampler_backend,
             compile=cfg.rollout.compile,
+            kernels=self.sampler_kernels,
             ignore_eos=cfg.rollout.ignore_eos,
         )
         return batch, decode_completions(self.tokenizer, batch)
@@ -755,6 +760,7 @@ class Trainer:
             self.eval_rewards,
             max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens,
             backend=self.sampler_backend,
+            kernels=self.sampler_kernels,
             chat_template=cfg.model.chat_template,
         )
 

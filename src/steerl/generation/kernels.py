@@ -31,13 +31,23 @@ except ImportError:  # pragma: no cover - depends on the install
     tl = None
 
 
-def available(device: torch.device) -> bool:
-    """Whether the kernels can run on ``device`` (CUDA with Triton, or Triton's interpreter)."""
-    if triton is None:
-        return False
+def unsupported_reason(model) -> str | None:
+    """Why the kernels cannot serve ``model``'s decode step, or ``None`` when they can.
+
+    They run on CUDA, or on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, tests).
+    """
     import os
 
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    if triton is None:
+        return "Triton is not installed (it ships with CUDA builds of torch)"
+    device = next(model.parameters()).device
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"the model is on {device.type}, not CUDA"
+    conf = model.config
+    d = getattr(conf, "head_dim", None) or conf.hidden_size // conf.num_attention_heads
+    if d < 16 or d & (d - 1):
+        return f"the attention kernel needs a power-of-2 head size >= 16, the model has {d}"
+    return None
 
 
 if triton is not None:
@@ -166,6 +176,11 @@ if triton is not None:
         tl.store(cur_ptr + rows, tok, mask=in_rows)
 
 
+#: Keys per iteration of :func:`decode_attention` (a cache of up to this many slots is read in
+#: one pass: the loads of a longer loop wait on each other and made it 3x slower at S = 320).
+ATTN_BLOCK_S = 256
+
+
 def decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float
 ) -> torch.Tensor:
@@ -186,7 +201,8 @@ def decode_attention(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), valid.stride(0), out.stride(0), out.stride(1),
         scale, s,
-        G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), D=d, BLOCK_S=64,
+        G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), D=d,
+        BLOCK_S=min(ATTN_BLOCK_S, triton.next_power_of_2(s)), num_stages=2,
     )  # fmt: skip
     return out
 

@@ -30,6 +30,11 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+#: Decode attention: ``sdpa`` (``F.scaled_dot_product_attention``) or ``triton``
+#: (:func:`steerl.generation.kernels.decode_attention`).
+ATTENTION = ("sdpa", "triton")
+#: Sampling: ``torch`` (tensor ops) or ``triton`` (:func:`steerl.generation.kernels.race_pick`).
+PICK = ("torch", "triton")
 #: Architectures whose decoder layers this sampler reproduces.
 SUPPORTED = ("llama", "qwen2", "qwen3")
 #: Prompt widths are rounded up to this multiple so one captured graph serves many batches.
@@ -106,12 +111,7 @@ class StaticSampler:
         generator: torch.Generator | None,
         use_graph: bool,
         compile_step: bool = False,
-        float_mask: bool = True,
-        fused_sample: bool | None = None,
-        cache_in_compiled: bool = False,
-        sdpa: str | None = None,
-        fuse_gate_up: bool = False,
-        attn: str = "sdpa",
+        attention: str = "sdpa",
         pick: str = "torch",
     ):
         conf = model.config
@@ -168,21 +168,13 @@ class StaticSampler:
             and getattr(conf, "hidden_act", "") == "silu"
             and getattr(conf, "mlp_bias", False) is False
         )
-        # one additive float mask per step instead of a boolean one per layer (SDPA turns a
-        # boolean mask into a float one on every call)
-        self.float_mask = float_mask
-        # compiled head math: float cast, temperature, log-sum-exp, exponential race, argmax
-        # and the done/pad bookkeeping in a few kernels (plain top-p sampling stays eager)
-        self.fused_sample = (compile_step if fused_sample is None else fused_sample) and top_p >= 1
-        self.cache_in_compiled = cache_in_compiled and self.compiled
-        self.sdpa = sdpa
-        self.attn = attn  # decode attention: sdpa | flex | triton
-        self.pick = pick if top_p >= 1 else "torch"  # sampling: torch | triton
-        # gate and up projections as one matrix per layer (one GEMM; costs a copy of them)
-        self.w_gu = None
-        if fuse_gate_up and self.compiled:
-            mlps = [layer.mlp for layer in self.base.layers]
-            self.w_gu = [torch.cat([m.gate_proj.weight, m.up_proj.weight]) for m in mlps]
+        if attention not in ATTENTION or pick not in PICK:
+            raise ValueError(
+                f"attention {attention!r} / pick {pick!r}: allowed {ATTENTION} / {PICK}"
+            )
+        self.attention = attention
+        # sampling: plain top-p sorts the vocabulary, which stays on tensor ops
+        self.pick = pick if top_p >= 1 else "torch"
         self.graph: torch.cuda.CUDAGraph | None = None
         if use_graph:
             self._capture()
@@ -203,82 +195,41 @@ class StaticSampler:
                 torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], out=self.w_qkv[i])
                 if self.b_qkv[i] is not None:
                     torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias], out=self.b_qkv[i])
-                if self.w_gu is not None:
-                    m = layer.mlp
-                    torch.cat([m.gate_proj.weight, m.up_proj.weight], out=self.w_gu[i])
 
-    def _layer_compiled(self, i: int, h: torch.Tensor, cos, sin, slot, mask) -> torch.Tensor:
-        """One decode-step layer through the compiled pure parts (same math as ``_layer``)."""
+    def _layer_compiled(self, i: int, h, delta, cos, sin, slot, mask):
+        """One decode-step layer through the compiled parts: ``(h, delta) -> (h', delta')``.
+
+        The residual stream is carried as ``h + delta`` and each add is done inside the next
+        RMSNorm's kernel (an ``addmm`` with the residual as input copies it first).
+        """
         layer = self.base.layers[i]
-        attn, mlp = layer.self_attn, layer.mlp
-        hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
-        n = h.shape[0]
-        eps1 = _eps(layer.input_layernorm)
-        kc, vc = self.k_cache[i], self.v_cache[i]
-        if self.cache_in_compiled:
-            qs = _compiled("attn_in_cache")(
-                h,
-                layer.input_layernorm.weight,
-                self.w_qkv[i],
-                self.b_qkv[i],
-                cos,
-                sin,
-                kc,
-                vc,
-                slot,
-                eps1,
-                hq,
-                hkv,
-            )
-        else:
-            qs, ks, vs = _compiled("attn_in")(
-                h,
-                layer.input_layernorm.weight,
-                self.w_qkv[i],
-                self.b_qkv[i],
-                cos,
-                sin,
-                eps1,
-                hq,
-                hkv,
-            )
-            kc.index_copy_(2, slot, ks)
-            vc.index_copy_(2, slot, vs)
-        o = self._decode_attention(qs, kc, vc, mask).reshape(n, 1, hq * d)
-        ln2 = layer.post_attention_layernorm
-        if self.w_gu is not None:
-            return _compiled("attn_out_mlp_gu")(
-                h, o, attn.o_proj.weight, ln2.weight, self.w_gu[i], mlp.down_proj.weight, _eps(ln2)
-            )
+        attn, mlp, ln2 = layer.self_attn, layer.mlp, layer.post_attention_layernorm
+        h, qs = _compiled("attn_in")(
+            h, delta, layer.input_layernorm.weight, self.w_qkv[i], self.b_qkv[i], cos, sin,
+            self.k_cache[i], self.v_cache[i], slot, _eps(layer.input_layernorm),
+            self.n_heads, self.n_kv,
+        )  # fmt: skip
+        o = self._decode_attention(qs, self.k_cache[i], self.v_cache[i], mask)
+        o = o.reshape(h.shape[0], 1, -1)
         return _compiled("attn_out_mlp")(
-            h,
-            o,
-            attn.o_proj.weight,
-            ln2.weight,
-            mlp.gate_proj.weight,
-            mlp.up_proj.weight,
-            mlp.down_proj.weight,
-            _eps(ln2),
-        )
+            h, o, attn.o_proj.weight, ln2.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
+            mlp.down_proj.weight, _eps(ln2),
+        )  # fmt: skip
 
     def _decode_attention(self, qs, kc, vc, mask) -> torch.Tensor:
         """q (N, Hq, 1, D) against the cache -> (N, Hq, D) (or a view with that layout)."""
         n, hq, _, d = qs.shape
         hkv = self.n_kv
-        if self.attn == "triton":
+        if self.attention == "triton":
             from steerl.generation.kernels import decode_attention
 
             return decode_attention(qs[:, :, 0], kc, vc, self.valid, self.scaling)
-        if self.attn == "flex":
-            return _compiled("flex")(qs, kc, vc, self.valid, self.scaling)[:, :, 0]
         qg = qs.reshape(n, hkv, hq // hkv, d)
         o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask, scale=self.scaling)
         return o.reshape(n, hq, d)
 
     def _layer(self, i: int, h: torch.Tensor, cos, sin, slot, mask, prefill: bool):
         """One decoder layer. h: (N, q, H); cos/sin: (N, q, 1, D); mask: (N, 1, q|1, S')."""
-        if self.compiled and not prefill:
-            return self._layer_compiled(i, h, cos, sin, slot, mask)
         layer = self.base.layers[i]
         attn = layer.self_attn
         n, q, _ = h.shape
@@ -313,28 +264,6 @@ class StaticSampler:
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """(N, H) last hidden state -> (N, V) float32 logits."""
         return self.model.lm_head(_rms(self.base.norm, h)).float()
-
-    def _sample_fused(self, h: torch.Tensor) -> None:
-        """:meth:`_sample` with the head's math compiled (the same random stream)."""
-        logits = self.model.lm_head(_rms(self.base.norm, h))  # (N, V), model dtype
-        noise = None
-        if not self.greedy:
-            noise = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-            noise.exponential_(generator=self.generator)
-        tok, tok_rec, lp_rec, done = _compiled("pick")(
-            logits,
-            noise,
-            self.done,
-            self._inv_temp,
-            self.pad,
-            -1 if self.eos is None else self.eos,
-        )
-        col = self.step.clamp(max=self.max_new - 1)
-        self.tokens.index_copy_(1, col, tok_rec[:, None])
-        self.logprobs.index_copy_(1, col, lp_rec[:, None])
-        self.done.copy_(done)
-        self.cur.copy_(tok)
-        self.step += 1
 
     def _sample_triton(self, h: torch.Tensor) -> None:
         """:meth:`_sample` by :func:`steerl.generation.kernels.race_pick` (in-kernel noise)."""
@@ -400,8 +329,6 @@ class StaticSampler:
         """Feed ``cur`` at cache slot ``P + step - 1`` and sample the next token."""
         if self.pick == "triton":
             self._sample_triton(self._decode_hidden())
-        elif self.fused_sample:
-            self._sample_fused(self._decode_hidden())
         else:
             self._sample(self._forward_fn())
 
@@ -411,24 +338,19 @@ class StaticSampler:
 
     def _decode_hidden(self) -> torch.Tensor:
         """Last hidden state (N, H) after feeding ``cur`` at cache slot ``P + step - 1``."""
-        if self.sdpa is not None:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            with sdpa_kernel([getattr(SDPBackend, self.sdpa.upper())]):
-                return self._decode_layers()
-        return self._decode_layers()
-
-    def _decode_layers(self) -> torch.Tensor:
         slot = self.step - 1 + self.p  # (1,)
         self.valid.index_fill_(1, slot, True)
         pos = self.base_pos + self.step - 1  # (N,)
         cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # (N, 1, 1, D)
-        mask = self.valid[:, None, None, :]  # (N, 1, 1, S)
-        if self.float_mask:
-            mask = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(
-                ~mask, float("-inf")
-            )
+        # one additive mask per step (SDPA turns a boolean one into this on every call)
+        mask = torch.zeros((self.n, 1, 1, self.s), dtype=self.dtype, device=self.valid.device)
+        mask.masked_fill_(~self.valid[:, None, None, :], float("-inf"))
         h = self.base.embed_tokens(self.cur[:, None])
+        if self.compiled:
+            delta = None
+            for i in range(len(self.base.layers)):
+                h, delta = self._layer_compiled(i, h, delta, cos, sin, slot, mask)
+            return (h + delta)[:, -1]
         for i in range(len(self.base.layers)):
             h = self._layer(i, h, cos, sin, slot, mask, prefill=False)
         return h[:, -1]
@@ -485,62 +407,27 @@ class StaticSampler:
         return self.tokens[:, :steps].clone(), self.logprobs[:, :steps].clone(), steps
 
 
-def _attn_in(h, norm_w, w_qkv, b_qkv, cos, sin, eps: float, hq: int, hkv: int):
-    """RMSNorm, fused q/k/v projection and RoPE of one layer: (q, k, v), each (N, H, q, D)."""
+def _attn_in(h, delta, norm_w, w_qkv, b_qkv, cos, sin, kc, vc, slot, eps: float, hq, hkv):
+    """Residual add, RMSNorm, fused q/k/v projection and RoPE of one decode layer; k and v
+    written into the cache at ``slot``. Returns the residual ``h + delta`` and q (N, Hq, 1, D).
+    """
+    if delta is not None:
+        h = h + delta
     n, q, _ = h.shape
     d = cos.shape[-1]
     x = F.rms_norm(h, (h.shape[-1],), norm_w, eps)
     qkv = F.linear(x, w_qkv, b_qkv).view(n, q, hq + 2 * hkv, d)
     qk = _rope(qkv[:, :, : hq + hkv], cos, sin)
-    v = qkv[:, :, hq + hkv :]
-    return qk[:, :, :hq].transpose(1, 2), qk[:, :, hq:].transpose(1, 2), v.transpose(1, 2)
-
-
-def _attn_in_cache(h, norm_w, w_qkv, b_qkv, cos, sin, kc, vc, slot, eps: float, hq: int, hkv: int):
-    """:func:`_attn_in` that also writes k and v into the cache at ``slot``: q (N, H, q, D)."""
-    q, k, v = _attn_in(h, norm_w, w_qkv, b_qkv, cos, sin, eps, hq, hkv)
-    kc.index_copy_(2, slot, k)
-    vc.index_copy_(2, slot, v)
-    return q
-
-
-def _attn_out_mlp_gu(h, o, w_o, norm_w, w_gu, w_down, eps: float):
-    """:func:`_attn_out_mlp` with the gate and up weights stacked into one matrix."""
-    shape = h.shape
-    h = torch.addmm(h.reshape(-1, shape[-1]), o.reshape(-1, o.shape[-1]), w_o.t())
-    x = F.rms_norm(h, (shape[-1],), norm_w, eps)
-    gate, up = F.linear(x, w_gu).chunk(2, -1)
-    return torch.addmm(h, F.silu(gate) * up, w_down.t()).view(shape)
-
-
-def _flex(q, kc, vc, valid, scale: float):
-    """Decode attention by ``flex_attention`` (GQA, keys masked by ``valid`` (N, S))."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    def keep_valid(score, b, h, q_idx, kv_idx):
-        return torch.where(valid[b, kv_idx], score, -float("inf"))
-
-    return flex_attention(q, kc, vc, score_mod=keep_valid, scale=scale, enable_gqa=True)
-
-
-def _pick(logits, noise, done, inv_temp: float, pad: int, eos: int):
-    """Next token by the exponential race (``noise`` Exp(1); ``None``: greedy), its tempered
-    log-probability, and the values recorded for rows that already ended (pad, 0)."""
-    z = logits.float() * inv_temp
-    lse = torch.logsumexp(z, -1)
-    tok = z.argmax(-1) if noise is None else (z - noise.log()).argmax(-1)
-    lp = z.gather(-1, tok[:, None]).squeeze(-1) - lse
-    rec = torch.where(done, pad, tok)
-    return tok, rec, torch.where(done, 0.0, lp), done | (tok == eos)
+    kc.index_copy_(2, slot, qk[:, :, hq:].transpose(1, 2))
+    vc.index_copy_(2, slot, qkv[:, :, hq + hkv :].transpose(1, 2))
+    return h, qk[:, :, :hq].transpose(1, 2)
 
 
 def _attn_out_mlp(h, o, w_o, norm_w, w_gate, w_up, w_down, eps: float):
-    """Output projection + residual, RMSNorm, SiLU-gated MLP + residual of one layer."""
-    shape = h.shape
-    h = torch.addmm(h.reshape(-1, shape[-1]), o.reshape(-1, o.shape[-1]), w_o.t())
-    x = F.rms_norm(h, (shape[-1],), norm_w, eps)
-    a = F.silu(F.linear(x, w_gate)) * F.linear(x, w_up)
-    return torch.addmm(h, a, w_down.t()).view(shape)
+    """Output projection, residual, RMSNorm, SiLU-gated MLP: ``(h + o W_o^T, mlp(...))``."""
+    h = h + F.linear(o, w_o)
+    x = F.rms_norm(h, (h.shape[-1],), norm_w, eps)
+    return h, F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
 
 
 #: ``torch.compile`` of the two functions above (built on first use; shared by all samplers:
@@ -552,11 +439,7 @@ def _compiled(name: str):
     if name not in _COMPILED:
         fn = {
             "attn_in": _attn_in,
-            "attn_in_cache": _attn_in_cache,
             "attn_out_mlp": _attn_out_mlp,
-            "attn_out_mlp_gu": _attn_out_mlp_gu,
-            "pick": _pick,
-            "flex": _flex,
         }[name]
         import os
 
@@ -583,6 +466,7 @@ def static_generate(
     greedy: bool,
     generator: torch.Generator | None,
     compile: bool = False,
+    kernels: str = "torch",
     keep: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Sample with a cached :class:`StaticSampler` for this shape (built on first use).
@@ -607,6 +491,7 @@ def static_generate(
         id(generator),
         use_graph,
         compile and use_graph,
+        kernels,
     )
     sampler = _SAMPLERS.get(key)
     if sampler is not None and sampler.is_valid_for(model):
@@ -626,6 +511,8 @@ def static_generate(
         generator=generator,
         use_graph=use_graph,
         compile_step=compile and use_graph,
+        attention="triton" if kernels == "triton" else "sdpa",
+        pick=kernels,
     )
     if keep:  # a one-off sampler neither enters the cache nor evicts from it
         while len(_SAMPLERS) >= _KEEP:

@@ -43,6 +43,7 @@ def greedy_scores(trainer: Any, chunk: int = 512) -> tuple[list[str], torch.Tens
         trainer.task.eval,
         max_new_tokens=max_new,
         backend=trainer.sampler_backend,
+        kernels=trainer.sampler_kernels,
         chat_template=cfg.model.chat_template,
         chunk=chunk,
     ):
