@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
-import pytest
 import torch
 
-from steerl.config import Config, ModelConfig, TinyModelConfig, load_config
-from steerl.models import Policy, load_policy
+# Without a GPU, Triton kernels (rollout.kernels=triton) run under Triton's interpreter; set
+# before anything imports Triton (transformers does): its mode is fixed when a kernel is built
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from steerl.config import Config, ModelConfig, TinyModelConfig, load_config  # noqa: E402
+from steerl.models import Policy, load_policy  # noqa: E402
 
 # The models under test are tiny: one thread is fastest, and on a busy machine several
 # threads spin-waiting on each other make a forward pass ~50x slower.

@@ -126,7 +126,8 @@ def resolve_kernels(name: str, model: PreTrainedModel, backend: str) -> str:
 
     ``auto`` is ``triton`` when the static sampler runs on CUDA, Triton is installed and the
     model's head size suits the attention kernel; ``triton`` asked for where it cannot run
-    raises :class:`~steerl.config.ConfigError` naming the key.
+    raises :class:`~steerl.config.ConfigError` naming the key (on the CPU it runs under
+    Triton's interpreter when ``TRITON_INTERPRET=1``: tests).
     """
     from steerl.config import ConfigError
     from steerl.generation import kernels
@@ -137,7 +138,7 @@ def resolve_kernels(name: str, model: PreTrainedModel, backend: str) -> str:
         )
     if name == "torch" or backend != "static":
         return "torch"
-    reason = kernels.unsupported_reason(model)
+    reason = kernels.unsupported_reason(model, interpreter_ok=name == "triton")
     if reason is None:
         return "triton"
     if name == "triton":

@@ -31,17 +31,19 @@ except ImportError:  # pragma: no cover - depends on the install
     tl = None
 
 
-def unsupported_reason(model) -> str | None:
+def unsupported_reason(model, *, interpreter_ok: bool = False) -> str | None:
     """Why the kernels cannot serve ``model``'s decode step, or ``None`` when they can.
 
-    They run on CUDA, or on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, tests).
+    They run on CUDA; with ``interpreter_ok`` also on the CPU under Triton's interpreter
+    (``TRITON_INTERPRET=1``: slow, for tests).
     """
     import os
 
     if triton is None:
         return "Triton is not installed (it ships with CUDA builds of torch)"
     device = next(model.parameters()).device
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    interpreted = interpreter_ok and os.environ.get("TRITON_INTERPRET") == "1"
+    if device.type != "cuda" and not interpreted:
         return f"the model is on {device.type}, not CUDA"
     conf = model.config
     d = getattr(conf, "head_dim", None) or conf.hidden_size // conf.num_attention_heads
@@ -176,8 +178,8 @@ if triton is not None:
         tl.store(cur_ptr + rows, tok, mask=in_rows)
 
 
-#: Keys per iteration of :func:`decode_attention` (a cache of up to this many slots is read in
-#: one pass: the loads of a longer loop wait on each other and made it 3x slower at S = 320).
+#: Keys per iteration of :func:`decode_attention` (512 needs more shared memory than an H100
+#: has with two pipeline stages).
 ATTN_BLOCK_S = 256
 
 
@@ -225,31 +227,37 @@ def race_pick(
     logprobs: torch.Tensor,
     pad: int,
     eos: int | None,
+    splits: int | None = None,
+    block: int | None = None,
 ) -> None:
     """Sample and record the next token of every row, in place (see the module docstring).
 
     ``logits`` (N, V) any float dtype; ``seed`` a one-element int64 tensor (the Philox seed
     of this step); ``done`` (N,) bool, ``step`` (1,) int64, ``cur`` (N,) int64, ``tokens``
     (N, T) int64 and ``logprobs`` (N, T) float32 are updated as the tensor-op sampler does.
+    ``splits`` programs per row, each scanning ``block`` logits at a time (defaults: up to
+    :data:`RACE_SPLITS` and :data:`RACE_BLOCK`, fewer for a small vocabulary).
     """
     n, vocab = logits.shape
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
-    chunk = triton.cdiv(triton.cdiv(vocab, RACE_SPLITS), RACE_BLOCK) * RACE_BLOCK
+    block = block or min(RACE_BLOCK, triton.next_power_of_2(vocab))
+    splits = splits or max(1, min(RACE_SPLITS, triton.cdiv(vocab, block)))
+    chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
     dev = logits.device
-    part = [torch.empty((n, RACE_SPLITS), dtype=torch.float32, device=dev) for _ in range(4)]
-    idx = torch.empty((n, RACE_SPLITS), dtype=torch.int32, device=dev)
+    part = [torch.empty((n, splits), dtype=torch.float32, device=dev) for _ in range(4)]
+    idx = torch.empty((n, splits), dtype=torch.int32, device=dev)
     pm, ps, pb, pz = part
-    _race_partial_kernel[(n, RACE_SPLITS)](
+    _race_partial_kernel[(n, splits)](
         logits, seed, pm, ps, pb, idx, pz,
         logits.stride(0), vocab, inv_temp,
-        SPLITS=RACE_SPLITS, CHUNK=chunk, BLOCK=RACE_BLOCK, GREEDY=greedy,
+        SPLITS=splits, CHUNK=chunk, BLOCK=block, GREEDY=greedy,
     )  # fmt: skip
     block_n = min(64, triton.next_power_of_2(n))
     _race_combine_kernel[(triton.cdiv(n, block_n),)](
         pm, ps, pb, idx, pz,
         done.view(torch.int8), step, cur, tokens, logprobs, tokens.stride(0), logprobs.stride(0),
         n, pad, -1 if eos is None else eos, tokens.shape[1],
-        SPLITS=RACE_SPLITS, BLOCK_N=block_n,
+        SPLITS=splits, BLOCK_N=block_n,
     )  # fmt: skip
     step += 1  # after every row read it (the row blocks run in any order)

@@ -1,0 +1,201 @@
+"""The static sampler's decode-step kernels (rollout.kernels, rollout.compile) on the CPU.
+
+The Triton kernels run under Triton's interpreter here (conftest sets ``TRITON_INTERPRET=1``
+when there is no GPU); they are skipped where Triton is not installed. The compiled decode
+layers run through inductor's CPU backend.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from steerl.config import ConfigError, load_config
+from steerl.generation import kernels as K
+from steerl.generation import static as static_mod
+from steerl.generation.static import StaticSampler
+from steerl.rollout import resolve_kernels
+
+needs_triton = pytest.mark.skipif(K.triton is None, reason="Triton is not installed")
+
+
+def _qwen(head_dim: int = 16, layers: int = 2, vocab: int = 40):
+    """A small Qwen2 whose head size suits the attention kernel (power of 2, >= 16)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    conf = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=4 * head_dim,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    model = Qwen2ForCausalLM(conf).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    return model
+
+
+def _prompts(n: int = 6, p: int = 7):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 40, (n, p), generator=g)
+    mask = torch.ones_like(ids)
+    for row, pad in enumerate([0, 3, 0, 5, 1, 0][:n]):
+        mask[row, :pad] = 0
+        ids[row, :pad] = 0
+    return ids, mask
+
+
+def _run(model, greedy: bool, seed: int = 3, compiled: bool = False, **kw):
+    ids, mask = _prompts()
+    s = StaticSampler(
+        model, 6, 64, 10, eos_token_id=2, pad_token_id=0, temperature=0.7, top_p=1.0,
+        greedy=greedy, generator=torch.Generator().manual_seed(seed), use_graph=False, **kw,
+    )  # fmt: skip
+    s.compiled = compiled  # compile_step applies with CUDA graphs only; force it here
+    return s.run(ids, mask)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    static_mod.clear_cache()
+    yield
+    static_mod.clear_cache()
+
+
+# --------------------------------------------------------------------------- kernels
+@needs_triton
+def test_decode_attention_matches_sdpa_with_gqa_and_masked_keys():
+    g = torch.Generator().manual_seed(0)
+    n, hq, hkv, s, d = 3, 4, 2, 40, 16  # 40 keys: a partial last block
+    q = torch.randn(n, 1, hq + 2, d, generator=g)[:, 0, :hq]  # strided, as the sampler's
+    k, v = torch.randn(2, n, hkv, s, d, generator=g)
+    valid = torch.rand(n, s, generator=g) > 0.4
+    valid[2] = False
+    valid[2, 7] = True  # a row with one key: its output is that key's value
+    out = K.decode_attention(q, k, v, valid, 0.3)
+    ref = F.scaled_dot_product_attention(
+        q[:, :, None],
+        k.repeat_interleave(hq // hkv, 1),
+        v.repeat_interleave(hq // hkv, 1),
+        attn_mask=valid[:, None, None],
+        scale=0.3,
+    )[:, :, 0]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[2, :2], v[2, 0, 7].expand(2, d), atol=1e-6, rtol=0)
+
+
+def _state(rows: int, cols: int, step: int = 0):
+    return dict(
+        done=torch.zeros(rows, dtype=torch.bool),
+        step=torch.tensor([step]),
+        cur=torch.full((rows,), -5),
+        tokens=torch.full((rows, cols), -9),
+        logprobs=torch.full((rows, cols), -9.0),
+    )
+
+
+@needs_triton
+def test_race_pick_greedy_and_bookkeeping():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 37, generator=g) * 3  # 37 logits: 2 splits of 32, partly masked
+    z = logits * 0.5
+    want = z.argmax(-1)
+    st = _state(5, 4, step=4)  # past the last column: it is overwritten (clamped)
+    st["done"][1] = True
+    eos = int(want[2])
+    K.race_pick(
+        logits, torch.tensor([0]), inv_temp=0.5, greedy=True, pad=7, eos=eos, splits=2, block=16,
+        **st,
+    )  # fmt: skip
+    assert torch.equal(st["cur"], want)
+    assert int(st["step"]) == 5
+    lp = z.log_softmax(-1).gather(-1, want[:, None])[:, 0]
+    assert st["tokens"][:, 3].tolist() == [int(want[0]), 7, eos, int(want[3]), int(want[4])]
+    lp[1] = 0.0  # a row that had ended records 0
+    torch.testing.assert_close(st["logprobs"][:, 3], lp)
+    assert (st["tokens"][:, :3] == -9).all() and (st["logprobs"][:, :3] == -9).all()
+    assert st["done"].tolist() == [bool(want[0] == eos), True, True] + [
+        bool(t == eos) for t in want[3:].tolist()
+    ]
+
+
+@needs_triton
+def test_race_pick_samples_the_tempered_distribution():
+    rows = 300
+    base = torch.tensor([1.0, 0.2, -0.5, 0.8, 0.0, -1.0])  # 6 logits: the second split is short
+    logits = base.expand(rows, 6).contiguous()
+
+    def draw(seed):
+        st = _state(rows, 1)
+        K.race_pick(
+            logits, torch.tensor([seed]), inv_temp=1 / 0.8, greedy=False, pad=0, eos=None,
+            splits=2, block=4, **st,
+        )  # fmt: skip
+        return st
+
+    st = draw(11)
+    want = (base / 0.8).softmax(-1)
+    freq = torch.bincount(st["cur"], minlength=6).float() / rows
+    assert (freq - want).abs().max() < 0.12  # 4 standard errors at 300 draws
+    assert (freq > 0).sum() >= 5  # not a greedy pick
+    torch.testing.assert_close(st["logprobs"][:, 0], (base / 0.8).log_softmax(-1)[st["cur"]])
+    assert torch.equal(draw(11)["cur"], st["cur"])  # a seed fixes the draw
+    assert not torch.equal(draw(12)["cur"], st["cur"])
+
+
+# --------------------------------------------------------------------------- the sampler
+@needs_triton
+def test_sampler_with_triton_kernels_matches_tensor_ops():
+    model = _qwen()
+    ref = _run(model, greedy=True)
+    tri = _run(model, greedy=True, attention="triton", pick="triton")
+    assert torch.equal(tri[0], ref[0])
+    torch.testing.assert_close(tri[1], ref[1], atol=1e-5, rtol=0)
+    assert len({tuple(r) for r in ref[0].tolist()}) > 1  # not vacuous
+    # sampling: the attention kernel alone keeps the tensor-op random stream
+    sample = _run(model, greedy=False)
+    tri_attn = _run(model, greedy=False, attention="triton")
+    assert torch.equal(tri_attn[0], sample[0])
+    a, b = _run(model, False, pick="triton"), _run(model, False, pick="triton")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(_run(model, False, seed=4, pick="triton")[0], a[0])
+
+
+def test_compiled_decode_layers_match_the_eager_ones():
+    """The compiled path (residual adds moved into the next norm) is the same function."""
+    model = _qwen(head_dim=8)
+    for greedy in (True, False):
+        ref = _run(model, greedy)
+        fast = _run(model, greedy, compiled=True)
+        assert torch.equal(fast[0], ref[0])
+        torch.testing.assert_close(fast[1], ref[1], atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------- the key
+def test_resolve_kernels(monkeypatch):
+    model = _qwen()
+    assert resolve_kernels("auto", model, "static") == "torch"  # CPU: never auto
+    assert resolve_kernels("triton", model, "eager") == "torch"  # eager sampler: unused
+    assert resolve_kernels("torch", model, "static") == "torch"
+    with pytest.raises(ConfigError, match=r"rollout\.kernels.*'fast'.*auto, triton, torch"):
+        resolve_kernels("fast", model, "static")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match=r"rollout\.kernels.*'triton'.*cpu, not CUDA.*auto"):
+        resolve_kernels("triton", model, "static")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ConfigError, match=r"rollout\.kernels.*power-of-2 head size.*has 8"):
+        resolve_kernels("triton", _qwen(head_dim=8), "static")
+    monkeypatch.setattr(K, "triton", None)
+    with pytest.raises(ConfigError, match=r"rollout\.kernels.*Triton is not installed"):
+        resolve_kernels("triton", model, "static")
+
+
+def test_bad_kernels_value_names_key_and_allowed_values():
+    with pytest.raises(ConfigError, match=r"rollout\.kernels.*'cuda'.*'auto', 'triton' or"):
+        load_config("default", ["rollout.kernels=cuda"])
