@@ -18,6 +18,5 @@ class RolloutConfig(Section):
     eval_max_new_tokens: int | None = None  # greedy eval cap; null: max_new_tokens
     backend: Literal["auto", "eager", "static"] = "auto"  # sampler; auto: static on CUDA
     compile: bool = False  # static on CUDA: torch.compile each decode layer (~20% faster)
-    # static: decode attention and sampling by Triton kernels (auto: with Triton on CUDA)
-    kernels: Literal["auto", "triton", "torch"] = "auto"
+    kernels: Literal["auto", "triton", "torch"] = "auto"  # static: Triton decode (auto: on CUDA)
     ignore_eos: bool = False  # sample past EOS: full-length completions (benchmarks)

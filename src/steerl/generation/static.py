@@ -11,6 +11,11 @@ attention cache: a preallocated
 token with no host synchronisation; the step counter lives on the device. The host looks at
 ``done.all()`` only every ``check_every`` tokens, to stop early once every row has ended.
 
+Options (``rollout.compile``, ``rollout.kernels``): ``compile_step`` compiles each decode
+layer as two functions with the residual adds moved into the next RMSNorm's kernel;
+``attention="triton"`` and ``pick="triton"`` use :mod:`steerl.generation.kernels` for the
+decode attention and for the sampling with its bookkeeping.
+
 On the CPU (tests) the same step runs eagerly. Sampling draws the token by an exponential race,
 ``argmax(z / T - log E)`` with ``E ~ Exp(1)`` from the caller's generator, which is the
 categorical distribution of ``softmax(z / T)`` (top-p applied to ``z / T`` first); the
@@ -158,9 +163,8 @@ class StaticSampler:
         ]
         self._fingerprint = self._params_fingerprint()
         self._forward_fn = self._decode_forward
-        # compile the pure per-layer parts of the decode step (cache writes, attention and
-        # sampling stay eager); only for the plain Llama/Qwen2 layer (no q/k norms, no biases
-        # outside q/k/v, SiLU)
+        # compile each decode layer around its attention (which stays outside); only for the
+        # plain Llama/Qwen2 layer (no q/k norms, no biases outside q/k/v, SiLU)
         layer0 = self.base.layers[0]
         self.compiled = compile_step and (
             not hasattr(attn, "q_norm")
