@@ -72,12 +72,12 @@ def _fresh_cache():
 @needs_triton
 def test_decode_attention_matches_sdpa_with_gqa_and_masked_keys():
     g = torch.Generator().manual_seed(0)
-    n, hq, hkv, s, d = 3, 4, 2, 40, 16  # 40 keys: a partial last block
+    n, hq, hkv, s, d = 3, 4, 2, 150, 16  # 150 keys: 3 programs per head, the last partial
     q = torch.randn(n, 1, hq + 2, d, generator=g)[:, 0, :hq]  # strided, as the sampler's
     k, v = torch.randn(2, n, hkv, s, d, generator=g)
     valid = torch.rand(n, s, generator=g) > 0.4
     valid[2] = False
-    valid[2, 7] = True  # a row with one key: its output is that key's value
+    valid[2, 7] = True  # one key: its value is the output; the other programs see none
     out = K.decode_attention(q, k, v, valid, 0.3)
     ref = F.scaled_dot_product_attention(
         q[:, :, None],

@@ -4,9 +4,9 @@ Two places where the decode step of a small model spends far more than its bytes
 
 - :func:`decode_attention`: one query token per row against the static KV cache, grouped-query
   heads and a key-validity mask. ``F.scaled_dot_product_attention`` picks a prefill-shaped
-  kernel for it (about 11 µs per layer on an H200 for 5 MB of cache); this one reads each
-  row's keys and values once, with the query heads that share a KV head, in one program per
-  (row, KV head).
+  kernel for it (about 11 µs per layer on an H100 for 5 MB of cache); this one reads each
+  row's keys and values once, with the query heads that share a KV head, split over several
+  programs per (row, KV head) whose partial softmaxes a second kernel merges.
 - :func:`race_pick`: the next token by the exponential race ``argmax(z - log E)`` on the
   tempered logits ``z``, its log-probability ``z - logsumexp(z)``, and the sampler's
   bookkeeping (recorded token and log-probability, ``done``, the fed-back token), in two
@@ -56,13 +56,16 @@ if triton is not None:
 
     @triton.jit
     def _decode_attention_kernel(
-        q_ptr, k_ptr, v_ptr, valid_ptr, out_ptr,
-        sq_n, sq_h, sk_n, sk_h, sk_s, sv_n, sv_h, sv_s, s_valid, so_n, so_h,
+        q_ptr, k_ptr, v_ptr, valid_ptr, m_ptr, l_ptr, acc_ptr,
+        sq_n, sq_h, sk_n, sk_h, sk_s, sv_n, sv_h, sv_s, s_valid,
         scale, S,
-        G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
+        HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
+        BLOCK_S: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
     ):  # fmt: skip
+        """Keys [sp * CHUNK, (sp + 1) * CHUNK) of one (row, KV head): partial max, sum, output."""
         row = tl.program_id(0)
         kvh = tl.program_id(1)
+        sp = tl.program_id(2)
         g = tl.arange(0, BLOCK_G)
         d = tl.arange(0, D)
         head = kvh * G + g
@@ -72,7 +75,7 @@ if triton is not None:
         m = tl.full((BLOCK_G,), -1.0e30, tl.float32)
         lsum = tl.zeros((BLOCK_G,), tl.float32)
         acc = tl.zeros((BLOCK_G, D), tl.float32)
-        for start in range(0, S, BLOCK_S):
+        for start in range(sp * CHUNK, sp * CHUNK + CHUNK, BLOCK_S):
             s = start + tl.arange(0, BLOCK_S)
             in_range = s < S
             ok = tl.load(valid_ptr + row * s_valid + s, mask=in_range, other=0) != 0
@@ -94,7 +97,35 @@ if triton is not None:
             lsum = lsum * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
             m = m_new
-        out = acc / lsum[:, None]
+        part = (row * HKV + kvh) * SPLITS + sp
+        tl.store(m_ptr + part * BLOCK_G + g, m)
+        tl.store(l_ptr + part * BLOCK_G + g, lsum)
+        tl.store(acc_ptr + (part * BLOCK_G + g[:, None]) * D + d[None, :], acc)
+
+    @triton.jit
+    def _decode_attention_combine_kernel(
+        m_ptr, l_ptr, acc_ptr, out_ptr, so_n, so_h,
+        HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
+        SPLITS: tl.constexpr,
+    ):  # fmt: skip
+        """The partial softmaxes of one (row, KV head) merged into its query heads' outputs."""
+        row = tl.program_id(0)
+        kvh = tl.program_id(1)
+        g = tl.arange(0, BLOCK_G)
+        d = tl.arange(0, D)
+        first = (row * HKV + kvh) * SPLITS
+        mx = tl.full((BLOCK_G,), -1.0e30, tl.float32)
+        for sp in tl.static_range(SPLITS):
+            mx = tl.maximum(mx, tl.load(m_ptr + (first + sp) * BLOCK_G + g))
+        total = tl.zeros((BLOCK_G,), tl.float32)
+        out = tl.zeros((BLOCK_G, D), tl.float32)
+        for sp in tl.static_range(SPLITS):
+            w = tl.exp(tl.load(m_ptr + (first + sp) * BLOCK_G + g) - mx)
+            total += tl.load(l_ptr + (first + sp) * BLOCK_G + g) * w
+            part = tl.load(acc_ptr + ((first + sp) * BLOCK_G + g[:, None]) * D + d[None, :])
+            out += part * w[:, None]
+        out = out / total[:, None]
+        head = kvh * G + g
         tl.store(
             out_ptr + row * so_n + head[:, None] * so_h + d[None, :],
             out.to(out_ptr.dtype.element_ty),
@@ -178,9 +209,11 @@ if triton is not None:
         tl.store(cur_ptr + rows, tok, mask=in_rows)
 
 
-#: Keys per iteration of :func:`decode_attention` (512 needs more shared memory than an H100
-#: has with two pipeline stages).
-ATTN_BLOCK_S = 256
+#: Keys per iteration of :func:`decode_attention`, and the most programs the keys of one
+#: (row, KV head) are split over (flash-decoding: 64 rows x 2 KV heads alone would give each
+#: of an H100's 132 multiprocessors one program that reads 80 KB, 9.2 µs per layer).
+ATTN_BLOCK_S = 64
+ATTN_SPLITS = 8
 
 
 def decode_attention(
@@ -189,22 +222,34 @@ def decode_attention(
     """One-token attention: q (N, Hq, D), k/v (N, Hkv, S, D), valid (N, S) bool -> (N, Hq, D).
 
     Query head ``h`` uses KV head ``h // (Hq // Hkv)`` (as ``repeat_kv``); keys where
-    ``valid`` is False are left out. Every row needs at least one valid key.
+    ``valid`` is False are left out. Every row needs at least one valid key. The keys are
+    split over up to :data:`ATTN_SPLITS` programs whose partial softmaxes a second kernel
+    merges.
     """
     n, hq, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
     g = hq // hkv
     if d & (d - 1) or d < 16 or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError(f"decode_attention needs a power-of-2 head size >= 16, got {d}")
-    out = torch.empty((n, hq, d), dtype=q.dtype, device=q.device)
+    block_g = max(16, triton.next_power_of_2(g))
+    splits = max(1, min(ATTN_SPLITS, triton.cdiv(s, ATTN_BLOCK_S)))
+    chunk = triton.cdiv(triton.cdiv(s, splits), ATTN_BLOCK_S) * ATTN_BLOCK_S
+    dev = q.device
+    m = torch.empty((n, hkv, splits, block_g), dtype=torch.float32, device=dev)
+    lsum = torch.empty_like(m)
+    acc = torch.empty((n, hkv, splits, block_g, d), dtype=torch.float32, device=dev)
     valid = valid.view(torch.uint8)
-    _decode_attention_kernel[(n, hkv)](
-        q, k, v, valid, out,
+    _decode_attention_kernel[(n, hkv, splits)](
+        q, k, v, valid, m, lsum, acc,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), valid.stride(0), out.stride(0), out.stride(1),
+        v.stride(0), v.stride(1), v.stride(2), valid.stride(0),
         scale, s,
-        G=g, BLOCK_G=max(16, triton.next_power_of_2(g)), D=d,
-        BLOCK_S=min(ATTN_BLOCK_S, triton.next_power_of_2(s)), num_stages=2,
+        HKV=hkv, G=g, BLOCK_G=block_g, D=d, BLOCK_S=ATTN_BLOCK_S, CHUNK=chunk, SPLITS=splits,
+    )  # fmt: skip
+    out = torch.empty((n, hq, d), dtype=q.dtype, device=dev)
+    _decode_attention_combine_kernel[(n, hkv)](
+        m, lsum, acc, out, out.stride(0), out.stride(1),
+        HKV=hkv, G=g, BLOCK_G=block_g, D=d, SPLITS=splits,
     )  # fmt: skip
     return out
 
