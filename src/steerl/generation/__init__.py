@@ -1,7 +1,9 @@
 """Fast sampler backends behind ``steerl.rollout.generate`` (``rollout.backend``).
 
 ``static`` (:mod:`steerl.generation.static`): static KV cache, batched prefill and a decode
-step captured as a CUDA graph; the same code runs eagerly on the CPU. Backends that need
-packages steerl does not depend on (vLLM, SGLang) would live here too, each behind an extra
-and the same ``(tokens, logprobs)`` contract; none is wired yet.
+step captured as a CUDA graph; the same code runs eagerly on the CPU. Its per-layer math is in
+:mod:`steerl.generation.layers` (compiled with ``rollout.compile``) and its Triton decode
+kernels in :mod:`steerl.generation.kernels` (``rollout.kernels``). Backends that need packages
+steerl does not depend on (vLLM, SGLang) would live here too, each behind an extra and the
+same ``(tokens, logprobs)`` contract; none is wired yet.
 """

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from steerl.generation.layers import compiled, eps_of, linear_add, rms, rope
+
 #: Decode attention: ``sdpa`` (``F.scaled_dot_product_attention``) or ``triton``
 #: (:func:`steerl.generation.kernels.decode_attention`).
 ATTENTION = ("sdpa", "triton")
@@ -64,34 +66,6 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
     if base is None or not hasattr(base, "layers") or not hasattr(base, "rotary_emb"):
         return f"model class {type(model).__name__} has no .model.layers/.rotary_emb"
     return None
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """``x * cos + rotate_half(x) * sin`` in three kernels.
-
-    ``rotate_half(x) = cat(-x2, x1)``, so with ``sin_signed = cat(-sin1, sin2)`` it is the
-    swapped halves ``cat(x2, x1)`` times ``sin_signed``.
-    """
-    d = x.shape[-1]
-    swapped = x.unflatten(-1, (2, d // 2)).flip(-2).flatten(-2)
-    return torch.addcmul(x * cos, swapped, sin_signed)
-
-
-def _eps(norm: torch.nn.Module) -> float:
-    return float(getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6))
-
-
-def _rms(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The RMSNorm module ``norm`` (Llama/Qwen form) as one fused ``F.rms_norm``."""
-    return F.rms_norm(x, (x.shape[-1],), norm.weight, _eps(norm))
-
-
-def _linear_add(res: torch.Tensor, x: torch.Tensor, lin: torch.nn.Linear) -> torch.Tensor:
-    """``res + lin(x)``, the residual add fused into the matrix product when there is no bias."""
-    if lin.bias is not None:
-        return res + lin(x)
-    out = torch.addmm(res.reshape(-1, res.shape[-1]), x.reshape(-1, x.shape[-1]), lin.weight.t())
-    return out.view(res.shape)
 
 
 class StaticSampler:
@@ -200,7 +174,7 @@ class StaticSampler:
                 if self.b_qkv[i] is not None:
                     torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias], out=self.b_qkv[i])
 
-    def _layer_compiled(self, i: int, h, delta, cos, sin, slot, mask):
+    def _layercompiled(self, i: int, h, delta, cos, sin, slot, mask):
         """One decode-step layer through the compiled parts: ``(h, delta) -> (h', delta')``.
 
         The residual stream is carried as ``h + delta`` and each add is done inside the next
@@ -208,16 +182,16 @@ class StaticSampler:
         """
         layer = self.base.layers[i]
         attn, mlp, ln2 = layer.self_attn, layer.mlp, layer.post_attention_layernorm
-        h, qs = _compiled("attn_in")(
+        h, qs = compiled("attn_in")(
             h, delta, layer.input_layernorm.weight, self.w_qkv[i], self.b_qkv[i], cos, sin,
-            self.k_cache[i], self.v_cache[i], slot, _eps(layer.input_layernorm),
+            self.k_cache[i], self.v_cache[i], slot, eps_of(layer.input_layernorm),
             self.n_heads, self.n_kv,
         )  # fmt: skip
         o = self._decode_attention(qs, self.k_cache[i], self.v_cache[i], mask)
         o = o.reshape(h.shape[0], 1, -1)
-        return _compiled("attn_out_mlp")(
+        return compiled("attn_out_mlp")(
             h, o, attn.o_proj.weight, ln2.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
-            mlp.down_proj.weight, _eps(ln2),
+            mlp.down_proj.weight, eps_of(ln2),
         )  # fmt: skip
 
     def _decode_attention(self, qs, kc, vc, mask) -> torch.Tensor:
@@ -238,12 +212,12 @@ class StaticSampler:
         attn = layer.self_attn
         n, q, _ = h.shape
         hq, hkv, d = self.n_heads, self.n_kv, self.head_dim
-        qkv = F.linear(_rms(layer.input_layernorm, h), self.w_qkv[i], self.b_qkv[i])
+        qkv = F.linear(rms(layer.input_layernorm, h), self.w_qkv[i], self.b_qkv[i])
         qkv = qkv.view(n, q, hq + 2 * hkv, d)
         qk, vs = qkv[:, :, : hq + hkv], qkv[:, :, hq + hkv :].transpose(1, 2)
         if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
-            qk = torch.cat([_rms(attn.q_norm, qk[:, :, :hq]), _rms(attn.k_norm, qk[:, :, hq:])], 2)
-        qk = _rope(qk, cos, sin)  # (N, q, Hq + Hkv, D)
+            qk = torch.cat([rms(attn.q_norm, qk[:, :, :hq]), rms(attn.k_norm, qk[:, :, hq:])], 2)
+        qk = rope(qk, cos, sin)  # (N, q, Hq + Hkv, D)
         qs, ks = qk[:, :, :hq].transpose(1, 2), qk[:, :, hq:].transpose(1, 2)
         kc, vc = self.k_cache[i], self.v_cache[i]
         g = hq // hkv
@@ -260,20 +234,20 @@ class StaticSampler:
             # become g query rows of that head (head h uses KV head h // g, as repeat_kv)
             o = self._decode_attention(qs, kc, vc, mask).reshape(n, hq, 1, d)
         o = o.transpose(1, 2).reshape(n, q, hq * d)
-        h = _linear_add(h, o, attn.o_proj)
+        h = linear_add(h, o, attn.o_proj)
         mlp = layer.mlp
-        x = _rms(layer.post_attention_layernorm, h)
-        return _linear_add(h, mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), mlp.down_proj)
+        x = rms(layer.post_attention_layernorm, h)
+        return linear_add(h, mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), mlp.down_proj)
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """(N, H) last hidden state -> (N, V) float32 logits."""
-        return self.model.lm_head(_rms(self.base.norm, h)).float()
+        return self.model.lm_head(rms(self.base.norm, h)).float()
 
     def _sample_triton(self, h: torch.Tensor) -> None:
         """:meth:`_sample` by :func:`steerl.generation.kernels.race_pick` (in-kernel noise)."""
         from steerl.generation.kernels import race_pick
 
-        logits = self.model.lm_head(_rms(self.base.norm, h))  # (N, V), model dtype
+        logits = self.model.lm_head(rms(self.base.norm, h))  # (N, V), model dtype
         seed = torch.randint(0, 2**31 - 1, (1,), generator=self.generator, device=logits.device)
         race_pick(
             logits, seed, inv_temp=self._inv_temp, greedy=self.greedy, done=self.done,
@@ -353,7 +327,7 @@ class StaticSampler:
         if self.compiled:
             delta = None
             for i in range(len(self.base.layers)):
-                h, delta = self._layer_compiled(i, h, delta, cos, sin, slot, mask)
+                h, delta = self._layercompiled(i, h, delta, cos, sin, slot, mask)
             return (h + delta)[:, -1]
         for i in range(len(self.base.layers)):
             h = self._layer(i, h, cos, sin, slot, mask, prefill=False)
@@ -409,47 +383,6 @@ class StaticSampler:
                 break  # the only host synchronisation: every check_every tokens
         # copies: the buffers are overwritten by the next call
         return self.tokens[:, :steps].clone(), self.logprobs[:, :steps].clone(), steps
-
-
-def _attn_in(h, delta, norm_w, w_qkv, b_qkv, cos, sin, kc, vc, slot, eps: float, hq, hkv):
-    """Residual add, RMSNorm, fused q/k/v projection and RoPE of one decode layer; k and v
-    written into the cache at ``slot``. Returns the residual ``h + delta`` and q (N, Hq, 1, D).
-    """
-    if delta is not None:
-        h = h + delta
-    n, q, _ = h.shape
-    d = cos.shape[-1]
-    x = F.rms_norm(h, (h.shape[-1],), norm_w, eps)
-    qkv = F.linear(x, w_qkv, b_qkv).view(n, q, hq + 2 * hkv, d)
-    qk = _rope(qkv[:, :, : hq + hkv], cos, sin)
-    kc.index_copy_(2, slot, qk[:, :, hq:].transpose(1, 2))
-    vc.index_copy_(2, slot, qkv[:, :, hq + hkv :].transpose(1, 2))
-    return h, qk[:, :, :hq].transpose(1, 2)
-
-
-def _attn_out_mlp(h, o, w_o, norm_w, w_gate, w_up, w_down, eps: float):
-    """Output projection, residual, RMSNorm, SiLU-gated MLP: ``(h + o W_o^T, mlp(...))``."""
-    h = h + F.linear(o, w_o)
-    x = F.rms_norm(h, (h.shape[-1],), norm_w, eps)
-    return h, F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
-
-
-#: ``torch.compile`` of the two functions above (built on first use; shared by all samplers:
-#: every layer has the same shapes, so one compiled graph serves all of them).
-_COMPILED: dict[str, Any] = {}
-
-
-def _compiled(name: str):
-    if name not in _COMPILED:
-        fn = {
-            "attn_in": _attn_in,
-            "attn_out_mlp": _attn_out_mlp,
-        }[name]
-        import os
-
-        mode = os.environ.get("STEERL_COMPILE_MODE") or None  # benchmarks: max-autotune-...
-        _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
-    return _COMPILED[name]
 
 
 #: Samplers kept per model (captured graphs and caches), newest last; at most _KEEP of them.
