@@ -195,3 +195,15 @@ def test_each_sub_app_imports_first_without_a_cycle(module):
         [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["steerl.curriculum.cli", "steerl.pareto.cli"])
+def test_sub_app_help_does_not_import_transformers(module):
+    """`steerl curriculum --help` took 5.4 s when its package pulled in transformers."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print('transformers' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"

@@ -14,9 +14,12 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # transformers takes ~1.5 s to import; curriculum's CLI needs none of it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
