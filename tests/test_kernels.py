@@ -181,7 +181,9 @@ def test_compiled_decode_layers_match_the_eager_ones():
 def test_resolve_kernels(monkeypatch):
     model = _qwen()
     assert resolve_kernels("auto", model, "static") == "torch"  # CPU: never auto
-    assert resolve_kernels("triton", model, "eager") == "torch"  # eager sampler: unused
+    assert resolve_kernels("auto", model, "eager") == "torch"
+    with pytest.raises(ConfigError, match=r"rollout\.kernels.*'triton'.*'eager'.*auto, torch"):
+        resolve_kernels("triton", model, "eager")  # the kernels serve the static sampler only
     assert resolve_kernels("torch", model, "static") == "torch"
     with pytest.raises(ConfigError, match=r"rollout\.kernels.*'fast'.*auto, triton, torch"):
         resolve_kernels("fast", model, "static")

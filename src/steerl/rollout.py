@@ -139,8 +139,13 @@ def resolve_kernels(name: str, model: PreTrainedModel, backend: str) -> str:
         raise ConfigError(
             f"key 'rollout.kernels': got {name!r}; allowed values are auto, triton, torch"
         )
-    if name == "torch" or backend != "static":
+    if name == "torch" or (name == "auto" and backend != "static"):
         return "torch"
+    if backend != "static":
+        raise ConfigError(
+            f"key 'rollout.kernels': got 'triton' but the sampler is {backend!r} (the kernels "
+            "serve rollout.backend=static); allowed here: auto, torch"
+        )
     reason = kernels.unsupported_reason(model, interpreter_ok=name == "triton")
     if reason is None:
         return "triton"
