@@ -46,6 +46,17 @@ VARIANTS = {
 }
 
 
+def pick_state(rows: int, cols: int, dev) -> dict[str, torch.Tensor]:
+    """The sampler state ``race_pick`` updates in place, zeroed."""
+    return dict(
+        done=torch.zeros(rows, dtype=torch.bool, device=dev),
+        step=torch.zeros(1, dtype=torch.long, device=dev),
+        cur=torch.zeros(rows, dtype=torch.long, device=dev),
+        tokens=torch.zeros(rows, cols, dtype=torch.long, device=dev),
+        logprobs=torch.zeros(rows, cols, device=dev),
+    )
+
+
 def check_kernels(dev) -> None:
     """The Triton kernels against tensor ops on random bf16 inputs of the anchor's shapes."""
     from steerl.generation import kernels as K
@@ -67,13 +78,7 @@ def check_kernels(dev) -> None:
     rel = ((out - ref).norm() / ref.norm()).item()
     print(f"check: triton decode attention vs float64 SDPA: relative error {rel:.2e}")
     logits = (torch.randn(n, 151936, device=dev, generator=g) * 4).bfloat16()
-    state = dict(
-        done=torch.zeros(n, dtype=torch.bool, device=dev),
-        step=torch.zeros(1, dtype=torch.long, device=dev),
-        cur=torch.zeros(n, dtype=torch.long, device=dev),
-        tokens=torch.zeros(n, 4, dtype=torch.long, device=dev),
-        logprobs=torch.zeros(n, 4, device=dev),
-    )
+    state = pick_state(n, 4, dev)
     seed = torch.tensor([5], device=dev)
     K.race_pick(logits, seed, inv_temp=1.0, greedy=True, pad=0, eos=None, **state)
     z = logits.float()
@@ -84,13 +89,7 @@ def check_kernels(dev) -> None:
     rows, vocab = 16384, 1000
     base = torch.randn(vocab, device=dev, generator=g) * 2
     logits = base.expand(rows, vocab).contiguous()
-    state = dict(
-        done=torch.zeros(rows, dtype=torch.bool, device=dev),
-        step=torch.zeros(1, dtype=torch.long, device=dev),
-        cur=torch.zeros(rows, dtype=torch.long, device=dev),
-        tokens=torch.zeros(rows, 1, dtype=torch.long, device=dev),
-        logprobs=torch.zeros(rows, 1, device=dev),
-    )
+    state = pick_state(rows, 1, dev)
     try:
         K.race_pick(logits, seed, inv_temp=0.7, greedy=False, pad=0, eos=None, **state)
         freq = torch.bincount(state["cur"], minlength=vocab).double() / rows

@@ -14,14 +14,14 @@ from steerl.rollout import encode_prompts, generate, position_ids_from_mask, res
 PROMPTS = ["1+2=", "123+456=", "7=", "98+1=", "5+55=", "4321+8765="]
 
 
-def _qwen(num_layers: int = 2, seed: int = 0, bias: bool = True):
+def _qwen(num_layers: int = 2, seed: int = 0, bias: bool = True, head_dim: int = 8):
     """A small Qwen2 (grouped-query attention, q/k/v biases) with prompt-dependent outputs."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     conf = Qwen2Config(
         vocab_size=40,
-        hidden_size=32,
+        hidden_size=4 * head_dim,
         intermediate_size=64,
         num_hidden_layers=num_layers,
         num_attention_heads=4,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_generation import _prompts
+from test_generation import _qwen as small_qwen
 
 from steerl.config import ConfigError, load_config
 from steerl.generation import kernels as K
@@ -20,35 +22,9 @@ from steerl.rollout import resolve_kernels
 needs_triton = pytest.mark.skipif(K.triton is None, reason="Triton is not installed")
 
 
-def _qwen(head_dim: int = 16, layers: int = 2, vocab: int = 40):
+def _qwen(head_dim: int = 16):
     """A small Qwen2 whose head size suits the attention kernel (power of 2, >= 16)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    conf = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=4 * head_dim,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    model = Qwen2ForCausalLM(conf).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.5)
-    return model
-
-
-def _prompts(n: int = 6, p: int = 7):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, 40, (n, p), generator=g)
-    mask = torch.ones_like(ids)
-    for row, pad in enumerate([0, 3, 0, 5, 1, 0][:n]):
-        mask[row, :pad] = 0
-        ids[row, :pad] = 0
-    return ids, mask
+    return small_qwen(head_dim=head_dim)
 
 
 def _run(model, greedy: bool, seed: int = 3, compiled: bool = False, **kw):
