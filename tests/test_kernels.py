@@ -134,6 +134,14 @@ def test_sampler_with_triton_kernels_matches_tensor_ops():
     assert torch.equal(tri[0], ref[0])
     torch.testing.assert_close(tri[1], ref[1], atol=1e-5, rtol=0)
     assert len({tuple(r) for r in ref[0].tolist()}) > 1  # not vacuous
+    gen = torch.Generator().manual_seed(5)
+    state = gen.get_state()
+    ids, mask = _prompts()
+    StaticSampler(
+        model, 6, 64, 4, eos_token_id=2, pad_token_id=0, temperature=1.0, top_p=1.0,
+        greedy=True, generator=gen, use_graph=False, attention="triton", pick="triton",
+    ).run(ids, mask)  # fmt: skip
+    assert torch.equal(gen.get_state(), state)  # greedy decoding draws nothing
     # sampling: the attention kernel alone keeps the tensor-op random stream
     sample = _run(model, greedy=False)
     tri_attn = _run(model, greedy=False, attention="triton")

@@ -248,7 +248,10 @@ class StaticSampler:
         from steerl.generation.kernels import race_pick
 
         logits = self.model.lm_head(rms(self.base.norm, h))  # (N, V), model dtype
-        seed = torch.randint(0, 2**31 - 1, (1,), generator=self.generator, device=logits.device)
+        if self.greedy:  # no draw: greedy decoding leaves every random stream alone
+            seed = torch.zeros(1, dtype=torch.long, device=logits.device)
+        else:
+            seed = torch.randint(0, 2**31 - 1, (1,), generator=self.generator, device=logits.device)
         race_pick(
             logits, seed, inv_temp=self._inv_temp, greedy=self.greedy, done=self.done,
             step=self.step, cur=self.cur, tokens=self.tokens, logprobs=self.logprobs,
