@@ -174,7 +174,7 @@ class StaticSampler:
                 if self.b_qkv[i] is not None:
                     torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias], out=self.b_qkv[i])
 
-    def _layercompiled(self, i: int, h, delta, cos, sin, slot, mask):
+    def _layer_compiled(self, i: int, h, delta, cos, sin, slot, mask):
         """One decode-step layer through the compiled parts: ``(h, delta) -> (h', delta')``.
 
         The residual stream is carried as ``h + delta`` and each add is done inside the next
@@ -330,7 +330,7 @@ class StaticSampler:
         if self.compiled:
             delta = None
             for i in range(len(self.base.layers)):
-                h, delta = self._layercompiled(i, h, delta, cos, sin, slot, mask)
+                h, delta = self._layer_compiled(i, h, delta, cos, sin, slot, mask)
             return (h + delta)[:, -1]
         for i in range(len(self.base.layers)):
             h = self._layer(i, h, cos, sin, slot, mask, prefill=False)
