@@ -229,8 +229,10 @@ def decode_attention(
     n, hq, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
     g = hq // hkv
-    if d & (d - 1) or d < 16 or q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+    if d & (d - 1) or d < 16:
         raise ValueError(f"decode_attention needs a power-of-2 head size >= 16, got {d}")
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("decode_attention needs q, k and v contiguous in the head dimension")
     block_g = max(16, triton.next_power_of_2(g))
     splits = max(1, min(ATTN_SPLITS, triton.cdiv(s, ATTN_BLOCK_S)))
     chunk = triton.cdiv(triton.cdiv(s, splits), ATTN_BLOCK_S) * ATTN_BLOCK_S
