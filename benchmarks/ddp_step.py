@@ -54,6 +54,7 @@ def worker(args) -> None:
         f"train.seed={args.seed}",
         f"model.gradient_checkpointing={str(args.device == 'cuda').lower()}",
         f"optim.lr={args.lr}",
+        *args.set,
     ]
     cfg = load_config("default", overrides)
     cuda = args.device == "cuda"
@@ -105,6 +106,7 @@ def launch(args, anchor: Path, n: int, seed: int, out: Path) -> dict:
         f"--json={out}",
         f"--seed={seed}",
         *[f"--{k.replace('_', '-')}={v}" for k, v in _shared(args).items()],
+        *[f"--set={o}" for o in args.set],
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="4")
     t0 = time.perf_counter()
@@ -124,6 +126,7 @@ def table(runs: list[tuple[str, dict]], card: str, args) -> str:
         f"setup: global batch {args.prompts} prompts x {args.group} samples, {args.prompt_len} "
         f"prompt tokens, {args.new_tokens} new tokens (EOS off), micro-batch {args.micro_batch}, "
         f"lr {args.lr}, {args.steps} timed steps after {args.warmup} warm-up"
+        + (f"; overrides: {' '.join(args.set)}" if args.set else "")
     )
     head = "| run | GPUs | step s median | min | max | completion tok/s | speed-up | peak GiB/rank"
     head += " |"
@@ -182,6 +185,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--no-noise", dest="noise", action="store_false", help="skip seed-1 run")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per configuration")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe override for every run, e.g. rollout.compile=true (repeatable)",
+    )
     args = ap.parse_args()
     if args.worker:
         return worker(args)
