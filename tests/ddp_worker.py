@@ -2,6 +2,7 @@
 
     python tests/ddp_worker.py OUT.pt                          # the whole batch, one process
     torchrun --nproc_per_node 2 tests/ddp_worker.py OUT.pt     # each rank a half of it
+    torchrun --nproc_per_node 2 tests/ddp_worker.py OUT.pt fsdp  # and the layers sharded
 
 Rank 0 (or the only process) saves the SFT warm-up loss, the RL loss, the gradient norm, the
 parameters after the update and the balancer state to OUT.pt; the two files must agree.
@@ -36,8 +37,18 @@ OVERRIDES = [
 ]
 
 
-def main(out: str) -> None:
-    cfg = load_config("tiny", OVERRIDES)
+def _whole(model) -> torch.Tensor:
+    """Every parameter, flattened, whole (sharded ones gathered: a collective)."""
+    return torch.cat(
+        [
+            (p.full_tensor() if ddp.is_dtensor(p) else p).detach().flatten()
+            for p in model.parameters()
+        ]
+    )
+
+
+def main(out: str, mode: str = "auto") -> None:
+    cfg = load_config("tiny", [*OVERRIDES, f"train.distributed={mode}"])
     with tempfile.TemporaryDirectory() as run_dir:
         tr = Trainer(cfg, run_dir)
         warm = tr.warmup_step()  # then the RL optimizer and the reference are set up
@@ -48,12 +59,12 @@ def main(out: str) -> None:
         batch = tr.make_batch(prompts, completions)
         adv = torch.randn(n, generator=torch.Generator().manual_seed(0))
         reward = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(1)).float()
-        start = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
+        start = _whole(tr.model)
         rows = torch.tensor(ddp.shard(list(range(n))))  # this rank's whole groups
         mine = ddp.shard(groups)
         aux = tr._aux_batch(reward[rows], mine)
         out_m = tr._policy_update(batch.index(rows), adv[rows], aux=aux, step=0, lr=tr._set_lr(0))
-        params = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
+        params = _whole(tr.model)
         if ddp.is_main():
             torch.save(
                 {
@@ -70,4 +81,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

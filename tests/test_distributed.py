@@ -36,13 +36,15 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_one_update_on_two_ranks_equals_the_whole_batch_on_one(tmp_path):
+@pytest.mark.parametrize("mode", ["auto", "fsdp"])
+def test_one_update_on_two_ranks_equals_the_whole_batch_on_one(tmp_path, mode):
     """Each rank half the groups, global denominators, summed gradients: the same SFT step
     and RL step (two epochs, KL to the reference, entropy bonus, SFT and DPO auxiliary terms,
-    micro-batches, uncertainty weights)."""
+    micro-batches, uncertainty weights). ``fsdp``: the decoder layers (policy and reference)
+    sharded over the two ranks, their gradients reduce-scattered."""
     worker = str(HERE / "ddp_worker.py")
     _run([sys.executable, worker, str(tmp_path / "one.pt")], tmp_path)
-    _run([*TORCHRUN, "2", worker, str(tmp_path / "two.pt")], tmp_path)
+    _run([*TORCHRUN, "2", worker, str(tmp_path / "two.pt"), mode], tmp_path)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (one["params"] - one["start"]).abs().max() > 1e-3  # the update is not trivial
     torch.testing.assert_close(two["start"], one["start"])  # same initial weights
@@ -55,26 +57,34 @@ def test_one_update_on_two_ranks_equals_the_whole_batch_on_one(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "device",
+    ("device", "mode"),
     [
-        "cpu",
+        ("cpu", "auto"),
+        ("cpu", "fsdp"),
         pytest.param(
             "cuda",
+            "auto",
             marks=pytest.mark.skipif(
                 torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (NCCL)"
             ),
         ),
     ],
 )
-def test_torchrun_train_writes_one_run_dir_and_resumes_exactly(tmp_path, tiny_overrides, device):
+def test_torchrun_train_writes_one_run_dir_and_resumes_exactly(
+    tmp_path, tiny_overrides, device, mode
+):
     """Rank 0 writes the run; with DAPO dynamic sampling (refill rounds on global counts), a
     run stopped mid-RL and resumed under torchrun logs what the uninterrupted run logged
     (every rank's sampler state is in the checkpoint). On CUDA: NCCL, one GPU per rank, the
-    static sampler (``rollout.backend=auto``), float32 so resumed sums match to 1e-5."""
+    static sampler (``rollout.backend=auto``), float32 so resumed sums match to 1e-5.
+    ``fsdp``: sharded layers gathered into whole checkpoints (weights, optimizer state, the
+    KL reference) and cut back into shards on resume."""
     on_cuda = ["model.device=cuda", "model.dtype=float32"] if device == "cuda" else []
+    fsdp = ["train.distributed=fsdp", "loss.kl_coef=0.05"] if mode == "fsdp" else []
     keys = [
         *tiny_overrides,
         *on_cuda,
+        *fsdp,
         "curriculum.drop_zero_variance=true",  # refills decided on global counts, kept
         "curriculum.max_refill_rounds=2",  # groups dealt out again in equal shares
         "rewards.0.name=length_penalty",  # varies in some groups: refills, non-zero gradients
@@ -132,3 +142,20 @@ def test_helpers_are_no_ops_on_one_process():
     assert ddp.all_sum([1.0, 2.0]) == [1.0, 2.0]
     assert ddp.mean_metrics({"a": 1.0}) == {"a": 1.0}
     assert not ddp.any_rank(False)
+
+
+def test_fsdp_refuses_what_reads_whole_layers():
+    cfg = load_config(
+        "tiny",
+        [
+            "train.distributed=fsdp",
+            "rollout.backend=static",
+            "stability.clip=agc",
+            "optim.name=adafactor",
+        ],
+    )
+    text = "\n".join(ddp.check_config(cfg, 2))
+    for key in ("rollout.backend=static", "stability.clip=agc", "optim.name=adafactor"):
+        assert key in text
+    assert ddp.check_config(load_config("tiny", ["train.distributed=fsdp"]), 2) == []
+    assert ddp.check_config(cfg, 1) == []  # one process: nothing is sharded

@@ -53,8 +53,14 @@ def save_checkpoint(
     state: dict[str, Any],
     generators: dict[str, torch.Generator],
     keep: int = 2,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step_<step>`` atomically and prune to the newest ``keep``."""
+    """Write ``checkpoints/step_<step>`` atomically and prune to the newest ``keep``.
+
+    ``model_state`` / ``optimizer_state``: whole tensors to write instead of the model's and
+    optimizer's own state (sharded layers, gathered by every rank beforehand).
+    """
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
@@ -65,11 +71,16 @@ def save_checkpoint(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model.save_pretrained(tmp, safe_serialization=True)
+    if model_state is None:
+        model.save_pretrained(tmp, safe_serialization=True)
+    else:
+        model.config.save_pretrained(tmp)
+        save_state(model_state, tmp / "model.safetensors")
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        opt_state = optimizer.state_dict() if optimizer_state is None else optimizer_state
+        torch.save(opt_state, tmp / "optimizer.pt")
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -92,6 +103,20 @@ def save_checkpoint(
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Whole tensors to one safetensors file; a tensor held under two names (tied
+    embeddings) is written once, under its first name (``load_model`` ties it back)."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for k, v in state.items():
+        key = (v.data_ptr(), v.numel())
+        if key in seen:
+            continue
+        seen.add(key)
+        out[k] = v.detach().contiguous().cpu()
+    save_file(out, str(path))
 
 
 def rng_to_json(rng: random.Random | None = None) -> list:
@@ -182,7 +207,15 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
         return
     from safetensors.torch import load_model
 
-    missing, unexpected = load_model(model, path / "model.safetensors", strict=False)
+    from steerl import distributed as ddp
+
+    if ddp.sharded():  # whole tensors in the file, shards in the model
+        sd = load_file(path / "model.safetensors")
+        names = set(model.state_dict())
+        missing, unexpected = sorted(names - set(sd)), sorted(set(sd) - names)
+        ddp.load_full_state_dict(model, sd)
+    else:
+        missing, unexpected = load_model(model, path / "model.safetensors", strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight")}
     if set(missing) - tied or unexpected:
         raise RuntimeError(
@@ -214,9 +247,11 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "trainer_state.json").read_text())
 
 
-def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> bool:
+def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, convert=None) -> bool:
+    """Restore ``optimizer.pt``; ``convert`` maps the saved state first (sharded layers)."""
     f = path / "optimizer.pt"
     if not f.is_file():
         return False
-    optimizer.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+    sd = torch.load(f, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(convert(optimizer, sd) if convert else sd)
     return True

@@ -21,6 +21,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+#: ``train.distributed=fsdp`` under torchrun: decoder layers sharded with FSDP2 (set by init).
+_SHARDED = False
+
 
 def launched() -> int:
     """World size announced by ``torchrun`` (``WORLD_SIZE``), 1 without it."""
@@ -36,9 +39,12 @@ def init(mode: str = "auto", device: str = "auto") -> None:
     """
     from steerl.config import ConfigError
 
+    global _SHARDED
     world = launched()
     if world <= 1 or is_active():
+        _SHARDED = _SHARDED or (mode == "fsdp" and world > 1)
         return
+    _SHARDED = mode == "fsdp"
     if mode == "off":
         raise ConfigError(
             f"key 'train.distributed': got 'off' but this process was launched with "
@@ -70,6 +76,104 @@ def shutdown(together: bool = True) -> None:
         if together:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def sharded() -> bool:
+    """Whether the decoder layers are sharded over the ranks (``train.distributed=fsdp``)."""
+    return _SHARDED and is_active()
+
+
+def is_dtensor(t: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded tensor; any other tensor as it is."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def shard_layers(model: torch.nn.Module) -> int:
+    """FSDP2 over every decoder layer of ``model`` (``fully_shard`` per layer), summing the
+    gradients over ranks as :func:`all_reduce_grads` does. The rest (embeddings, final norm,
+    LM head: read directly by the chunked head) stays replicated. Returns the layers sharded.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    for layer in layers:
+        fully_shard(layer)
+        layer.set_gradient_divide_factor(1.0)  # sum, as the loss denominators are global
+        layer.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
+    return len(layers)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state on every rank (a collective when layers are sharded)."""
+    return {
+        k: (v.full_tensor() if is_dtensor(v) else v).detach() for k, v in model.state_dict().items()
+    }
+
+
+def load_full_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors into ``model``, each rank keeping its shard of sharded ones."""
+    from torch.distributed.tensor import distribute_tensor
+
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if k not in sd:
+                continue
+            src = sd[k].to(device=local(v).device, dtype=v.dtype)
+            if is_dtensor(v):
+                src = distribute_tensor(src, v.device_mesh, v.placements)
+            v.copy_(src)
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with every sharded state tensor made whole (a collective)."""
+    sd = optimizer.state_dict()
+    state = {
+        i: {k: (v.full_tensor() if is_dtensor(v) else v) for k, v in st.items()}
+        for i, st in sd["state"].items()
+    }
+    return {**sd, "state": state}
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> dict[str, Any]:
+    """A whole-tensor optimizer state (:func:`full_optimizer_state`) cut to this rank's shards
+    of the sharded parameters, ready for ``optimizer.load_state_dict``."""
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state = {}
+    for i, st in sd["state"].items():
+        p = params[int(i)]
+        state[i] = {
+            k: distribute_tensor(v.to(local(p).device), p.device_mesh, p.placements)
+            if is_dtensor(p) and torch.is_tensor(v) and v.shape == p.shape
+            else v
+            for k, v in st.items()
+        }
+    return {**sd, "state": state}
+
+
+def grad_sq_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of squares of ``grads`` over the whole model: shards summed over ranks, replicated
+    gradients counted once (float32, on the first gradient's device)."""
+    dev = local(grads[0]).device
+    whole = torch.zeros((), device=dev)
+    shards = torch.zeros((), device=dev)
+    for g in grads:
+        sq = local(g).detach().float().pow(2).sum().to(dev)
+        if is_dtensor(g):
+            shards += sq
+        else:
+            whole += sq
+    if sharded():
+        dist.all_reduce(shards)
+    return whole + shards
 
 
 def is_active() -> bool:
@@ -197,7 +301,8 @@ def all_reduce_grads(params: Any, bucket_mb: float = 256.0) -> None:
     """
     if not is_active():
         return
-    params = [p for p in params if p.requires_grad]
+    # sharded parameters' gradients were reduce-scattered (summed) by FSDP already
+    params = [p for p in params if p.requires_grad and not is_dtensor(p)]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -241,6 +346,8 @@ def check_config(cfg: Any, world: int) -> list[str]:
             "loss.advantage=batch_std scales by the std over the whole batch, which each rank "
             "only sees a share of; under torchrun use group_mean_std, group_mean or rloo"
         )
+    if cfg.train.distributed == "fsdp":
+        problems += _fsdp_problems(cfg)
     c = cfg.objectives.combine
     if c == "gdpo":
         problems.append(
@@ -253,6 +360,29 @@ def check_config(cfg: Any, world: int) -> list[str]:
             "batch, which each rank only sees a share of; set objectives.ideal under torchrun"
         )
     return problems
+
+
+def _fsdp_problems(cfg: Any) -> list[str]:
+    """What ``train.distributed=fsdp`` does not support (yet)."""
+    out = []
+    if cfg.rollout.backend == "static":
+        out.append(
+            "rollout.backend=static reads every layer's whole weights, which "
+            "train.distributed=fsdp shards; use rollout.backend=auto or eager"
+        )
+    if cfg.model.lora.enabled:
+        out.append("model.lora.enabled=true with train.distributed=fsdp is not supported")
+    if cfg.stability.clip in ("value", "agc"):
+        out.append(
+            f"stability.clip={cfg.stability.clip} with train.distributed=fsdp is not supported; "
+            "use norm, adaptive or off"
+        )
+    if cfg.optim.name == "adafactor":
+        out.append(
+            "optim.name=adafactor factors each matrix over rows and columns, which "
+            "train.distributed=fsdp shards; use adamw, adam or sgd"
+        )
+    return out
 
 
 def _reduce_bucket(grads: list[torch.Tensor]) -> None:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from steerl import distributed as ddp
+
 if TYPE_CHECKING:  # transformers takes ~1.5 s to import; curriculum's CLI needs none of it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -271,7 +273,10 @@ def _eager_generate(
             done = done | (tok == eos_token_id)
         steps = t + 1
         # One host sync per token: cheap for short completions; lets the loop stop early.
-        if t == max_new_tokens - 1 or (eos_token_id is not None and bool(done.all())):
+        ended = eos_token_id is not None and bool(done.all())
+        if ddp.sharded():  # sharded layers gather on every rank: all stop at the same token
+            ended = not ddp.any_rank(not ended)
+        if t == max_new_tokens - 1 or ended:
             break
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
         last_pos = last_pos + 1

@@ -137,7 +137,14 @@ class Trainer:
             float(cfg.loss.needs_reference),
             base_is_start=not cfg.warmup.steps,
         )
-        self.sampler_backend = resolve_backend(cfg.rollout.backend, self.model)  # eager|static
+        if ddp.sharded():  # train.distributed=fsdp: decoder layers sharded over the ranks
+            ddp.shard_layers(self.model)
+            if self.reference is not None:
+                ddp.shard_layers(self.reference)
+        backend = cfg.rollout.backend
+        if ddp.sharded() and backend == "auto":
+            backend = "eager"  # the static sampler reads whole weights (refused with fsdp)
+        self.sampler_backend = resolve_backend(backend, self.model)  # eager|static
         self.sampler_kernels = resolve_kernels(  # torch|triton
             cfg.rollout.kernels, self.model, self.sampler_backend
         )
@@ -192,7 +199,7 @@ class Trainer:
             )
         cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
         # fused on CUDA: one kernel per step and no parameter-sized temporaries (foreach has)
-        fused = True if self.device.type == "cuda" else None
+        fused = True if self.device.type == "cuda" and not ddp.sharded() else None
         return cls(
             params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=fused
         )
@@ -243,7 +250,9 @@ class Trainer:
         self.demo_rng.setstate(ckpt.rng_from_json(comps["demo_rng"]))
         self.state = TrainerState(**state["trainer"])
         self.optimizer = self._make_optimizer(self.phase)
-        ckpt.load_optimizer(path, self.optimizer)
+        ckpt.load_optimizer(
+            path, self.optimizer, ddp.shard_optimizer_state if ddp.sharded() else None
+        )
         self._restore_reference()
         return True
 
@@ -255,10 +264,14 @@ class Trainer:
         from safetensors.torch import save_model
 
         self.reference.load_state_dict(self.model.state_dict())
+        whole = ddp.full_state_dict(self.reference) if ddp.sharded() else None
         if ddp.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.run_dir / f".tmp-{REFERENCE_FILE}"
-            save_model(self.reference, str(tmp))
+            if whole is None:
+                save_model(self.reference, str(tmp))
+            else:
+                ckpt.save_state(whole, tmp)
             os.replace(tmp, self.run_dir / REFERENCE_FILE)
         ddp.barrier()
 
@@ -270,7 +283,10 @@ class Trainer:
         if path.is_file():
             from safetensors.torch import load_model
 
-            load_model(self.reference, str(path), strict=False)
+            if ddp.sharded():
+                ddp.load_full_state_dict(self.reference, ckpt.load_file(path))
+            else:
+                load_model(self.reference, str(path), strict=False)
             return
         if self.state.rl_step:
             warnings.warn(
@@ -284,6 +300,12 @@ class Trainer:
         """Rank 0 writes the checkpoint (with every rank's sampler); the others wait for it."""
         generators = self._all_generators()
         path = self.run_dir / ckpt.CKPT_DIR / f"step_{self.state.global_step}"
+        whole = {}  # sharded layers: every rank takes part in gathering the whole tensors
+        if ddp.sharded():
+            whole = {
+                "model_state": ddp.full_state_dict(self.model),
+                "optimizer_state": ddp.full_optimizer_state(self.optimizer),
+            }
         if ddp.is_main():
             path = ckpt.save_checkpoint(
                 self.run_dir,
@@ -294,6 +316,7 @@ class Trainer:
                 {"trainer": asdict(self.state), "components": self.component_states()},
                 generators,
                 keep=self.cfg.train.keep_checkpoints,
+                **whole,
             )
         ddp.barrier()
         return path
@@ -756,7 +779,8 @@ class Trainer:
         return accuracy_by_level(
             self.model,
             self.tokenizer,
-            ddp.shard_uneven(self.task.eval),
+            # sharded layers gather on every rank: each decodes all prompts in step
+            self.task.eval if ddp.sharded() else ddp.shard_uneven(self.task.eval),
             self.eval_rewards,
             max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens,
             backend=self.sampler_backend,

@@ -18,4 +18,4 @@ class TrainConfig(Section):
     out_dir: str | None = None  # run directory; default runs/<recipe>-<timestamp>
     threads: int | None = Field(None, ge=1)  # torch CPU threads; null: min(cores, 4)
     stop_after: int | None = Field(None, ge=0)  # stop (as if killed) after this global step
-    distributed: Literal["auto", "off"] = "auto"  # auto: data-parallel when run by torchrun
+    distributed: Literal["auto", "off", "fsdp"] = "auto"  # torchrun: DDP; fsdp: layers sharded

@@ -56,6 +56,10 @@ def global_grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
+    from steerl import distributed as ddp
+
+    if ddp.sharded():  # FSDP: each rank holds shards of some gradients
+        return math.sqrt(float(ddp.grad_sq_norm(grads)))
     dev = grads[0].device
     norms = [torch.linalg.vector_norm(g.detach().float()).to(dev) for g in grads]
     return float(torch.linalg.vector_norm(torch.stack(norms)))
@@ -132,6 +136,14 @@ class GradClipper:
         pre = global_grad_norm(params)
         if max_norm is None or not math.isfinite(pre) or pre <= max_norm:
             return ClipResult(pre, pre, False, max_norm)
+        from steerl import distributed as ddp
+
+        if ddp.sharded():  # clip_grad_norm_ cannot mix sharded and whole gradients
+            coef = min(1.0, max_norm / (pre + 1e-6))
+            with torch.no_grad():
+                for p in params:
+                    p.grad.mul_(coef)
+            return ClipResult(pre, pre * coef, True, max_norm)
         total = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         return ClipResult(pre, total * min(1.0, max_norm / (total + 1e-6)), True, max_norm)
 
