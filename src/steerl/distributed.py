@@ -10,6 +10,11 @@ clipping, so the update equals the one-process update on the same global batch::
 Rank 0 writes the run directory (logs, checkpoints, report); every rank reads the same
 reduced metrics, so stop, skip and rollback decisions agree. Without ``torchrun`` (or with
 ``train.distributed=off``) every helper here is a no-op on one process.
+
+``train.distributed=fsdp`` also shards every decoder layer over the ranks (FSDP2,
+:func:`shard_layers`): gradients of sharded parameters arrive reduce-scattered, norms count
+each shard once (:func:`grad_sq_norm`), checkpoints are gathered whole
+(:func:`full_state_dict`, :func:`full_optimizer_state`) and cut back into shards on resume.
 """
 
 from __future__ import annotations
