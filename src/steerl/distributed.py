@@ -115,11 +115,19 @@ def shard_layers(model: torch.nn.Module) -> int:
     return len(layers)
 
 
+def _whole(v: Any) -> Any:
+    """A sharded tensor gathered (every rank takes part) to the CPU on rank 0; None on the
+    other ranks, so no rank holds more than one whole tensor on its device at a time."""
+    if not is_dtensor(v):
+        return v.detach() if torch.is_tensor(v) else v
+    t = v.full_tensor()
+    return t.detach().cpu() if is_main() else None
+
+
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's state on every rank (a collective when layers are sharded)."""
-    return {
-        k: (v.full_tensor() if is_dtensor(v) else v).detach() for k, v in model.state_dict().items()
-    }
+    """The whole model's state for rank 0 to write (a collective when layers are sharded;
+    the other ranks get ``None`` for the sharded entries)."""
+    return {k: _whole(v) for k, v in model.state_dict().items()}
 
 
 def load_full_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
@@ -137,12 +145,10 @@ def load_full_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) ->
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """``optimizer.state_dict()`` with every sharded state tensor made whole (a collective)."""
+    """``optimizer.state_dict()`` with every sharded state tensor made whole for rank 0 (a
+    collective, as :func:`full_state_dict`)."""
     sd = optimizer.state_dict()
-    state = {
-        i: {k: (v.full_tensor() if is_dtensor(v) else v) for k, v in st.items()}
-        for i, st in sd["state"].items()
-    }
+    state = {i: {k: _whole(v) for k, v in st.items()} for i, st in sd["state"].items()}
     return {**sd, "state": state}
 
 
