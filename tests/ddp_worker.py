@@ -3,6 +3,7 @@
     python tests/ddp_worker.py OUT.pt                          # the whole batch, one process
     torchrun --nproc_per_node 2 tests/ddp_worker.py OUT.pt     # each rank a half of it
     torchrun --nproc_per_node 2 tests/ddp_worker.py OUT.pt fsdp  # and the layers sharded
+    ... OUT.pt MODE KEY=VALUE ...                              # further recipe overrides
 
 Rank 0 (or the only process) saves the SFT warm-up loss, the RL loss, the gradient norm, the
 parameters after the update and the balancer state to OUT.pt; the two files must agree.
@@ -47,8 +48,8 @@ def _whole(model) -> torch.Tensor:
     )
 
 
-def main(out: str, mode: str = "auto") -> None:
-    cfg = load_config("tiny", [*OVERRIDES, f"train.distributed={mode}"])
+def main(out: str, mode: str = "auto", *extra: str) -> None:
+    cfg = load_config("tiny", [*OVERRIDES, f"train.distributed={mode}", *extra])
     with tempfile.TemporaryDirectory() as run_dir:
         tr = Trainer(cfg, run_dir)
         warm = tr.warmup_step()  # then the RL optimizer and the reference are set up
