@@ -144,6 +144,18 @@ def test_helpers_are_no_ops_on_one_process():
     assert not ddp.any_rank(False)
 
 
+def test_fsdp_spike_rollback_restores_the_sharded_weights_and_optimizer(tmp_path):
+    """A gradient-norm spike at RL step 3 rolls the sharded run back: right after it the
+    gathered weights and optimizer state equal the checkpoint's, the state is sharded again,
+    and the run completes."""
+    out = tmp_path / "rollback.json"
+    _run([*TORCHRUN, "2", str(HERE / "fsdp_rollback_worker.py"), str(out)], tmp_path)
+    found = json.loads(out.read_text())
+    assert found["action"] == "rollback" and found["sharded"]
+    assert found["weights_match"] and found["optimizer_matches"] and found["optimizer_sharded"]
+    assert found["completed"]
+
+
 def test_fsdp_refuses_what_reads_whole_layers():
     cfg = load_config(
         "tiny",

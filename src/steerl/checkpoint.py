@@ -247,11 +247,15 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "trainer_state.json").read_text())
 
 
-def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, convert=None) -> bool:
-    """Restore ``optimizer.pt``; ``convert`` maps the saved state first (sharded layers)."""
+def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> bool:
+    """Restore ``optimizer.pt`` (whole tensors, cut into shards for sharded layers)."""
+    from steerl import distributed as ddp
+
     f = path / "optimizer.pt"
     if not f.is_file():
         return False
     sd = torch.load(f, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(convert(optimizer, sd) if convert else sd)
+    if ddp.sharded():
+        sd = ddp.shard_optimizer_state(optimizer, sd)
+    optimizer.load_state_dict(sd)
     return True

@@ -250,9 +250,7 @@ class Trainer:
         self.demo_rng.setstate(ckpt.rng_from_json(comps["demo_rng"]))
         self.state = TrainerState(**state["trainer"])
         self.optimizer = self._make_optimizer(self.phase)
-        ckpt.load_optimizer(
-            path, self.optimizer, ddp.shard_optimizer_state if ddp.sharded() else None
-        )
+        ckpt.load_optimizer(path, self.optimizer)
         self._restore_reference()
         return True
 
