@@ -17,6 +17,7 @@ import tempfile
 import torch
 
 from steerl import distributed as ddp
+from steerl import fsdp
 from steerl.config import load_config
 from steerl.trainer import Trainer
 
@@ -42,7 +43,7 @@ def _whole(model) -> torch.Tensor:
     """Every parameter, flattened, whole (sharded ones gathered: a collective)."""
     return torch.cat(
         [
-            (p.full_tensor() if ddp.is_dtensor(p) else p).detach().flatten()
+            (p.full_tensor() if fsdp.is_dtensor(p) else p).detach().flatten()
             for p in model.parameters()
         ]
     )

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from test_fault_injection import BASE, Faults, gstep, spikes
 
 from steerl import distributed as ddp
+from steerl import fsdp
 from steerl.checkpoint import latest_checkpoint
 from steerl.config import load_config
 from steerl.trainer import Callback, Trainer
@@ -33,10 +34,10 @@ class AfterRollback(Callback):
     def on_step_end(self, trainer, step, metrics):
         if step != gstep(AT):
             return
-        weights = ddp.full_state_dict(trainer.model)  # every rank gathers
+        weights = fsdp.full_state_dict(trainer.model)  # every rank gathers
         state = trainer.optimizer.state_dict()["state"]
-        optim_sharded = any(ddp.is_dtensor(v) for st in state.values() for v in st.values())
-        optim = ddp.full_optimizer_state(trainer.optimizer)
+        optim_sharded = any(fsdp.is_dtensor(v) for st in state.values() for v in st.values())
+        optim = fsdp.full_optimizer_state(trainer.optimizer)
         if not ddp.is_main():
             return
         path = latest_checkpoint(trainer.run_dir)
@@ -52,7 +53,7 @@ class AfterRollback(Callback):
                 for k, v in st.items()
                 if torch.is_tensor(v)
             ),
-            "sharded": any(ddp.is_dtensor(p) for p in trainer.model.parameters()),
+            "sharded": any(fsdp.is_dtensor(p) for p in trainer.model.parameters()),
             "optimizer_sharded": optim_sharded,  # restored as shards, not whole tensors
         }
 

@@ -213,7 +213,9 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
         sd = load_file(path / "model.safetensors")
         names = set(model.state_dict())
         missing, unexpected = sorted(names - set(sd)), sorted(set(sd) - names)
-        ddp.load_full_state_dict(model, sd)
+        from steerl.fsdp import load_full_state_dict
+
+        load_full_state_dict(model, sd)
     else:
         missing, unexpected = load_model(model, path / "model.safetensors", strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight")}
@@ -256,6 +258,8 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> bool:
         return False
     sd = torch.load(f, map_location="cpu", weights_only=True)
     if ddp.sharded():
-        sd = ddp.shard_optimizer_state(optimizer, sd)
+        from steerl.fsdp import shard_optimizer_state
+
+        sd = shard_optimizer_state(optimizer, sd)
     optimizer.load_state_dict(sd)
     return True

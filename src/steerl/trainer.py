@@ -24,6 +24,7 @@ import torch
 
 from steerl import checkpoint as ckpt
 from steerl import distributed as ddp
+from steerl import fsdp
 from steerl.config import Config, ConfigError, RewardSpec
 from steerl.curriculum import build_curriculum, curriculum_metrics, sample_groups
 from steerl.curriculum.filters import rebalance
@@ -138,9 +139,9 @@ class Trainer:
             base_is_start=not cfg.warmup.steps,
         )
         if ddp.sharded():  # train.distributed=fsdp: decoder layers sharded over the ranks
-            ddp.shard_layers(self.model)
+            fsdp.shard_layers(self.model)
             if self.reference is not None:
-                ddp.shard_layers(self.reference)
+                fsdp.shard_layers(self.reference)
         backend = cfg.rollout.backend
         if ddp.sharded() and backend == "auto":
             backend = "eager"  # the static sampler reads whole weights (refused with fsdp)
@@ -262,7 +263,7 @@ class Trainer:
         from safetensors.torch import save_model
 
         self.reference.load_state_dict(self.model.state_dict())
-        whole = ddp.full_state_dict(self.reference) if ddp.sharded() else None
+        whole = fsdp.full_state_dict(self.reference) if ddp.sharded() else None
         if ddp.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             tmp = self.run_dir / f".tmp-{REFERENCE_FILE}"
@@ -282,7 +283,7 @@ class Trainer:
             from safetensors.torch import load_model
 
             if ddp.sharded():
-                ddp.load_full_state_dict(self.reference, ckpt.load_file(path))
+                fsdp.load_full_state_dict(self.reference, ckpt.load_file(path))
             else:
                 load_model(self.reference, str(path), strict=False)
             return
@@ -301,8 +302,8 @@ class Trainer:
         whole = {}  # sharded layers: every rank takes part in gathering the whole tensors
         if ddp.sharded():
             whole = {
-                "model_state": ddp.full_state_dict(self.model),
-                "optimizer_state": ddp.full_optimizer_state(self.optimizer),
+                "model_state": fsdp.full_state_dict(self.model),
+                "optimizer_state": fsdp.full_optimizer_state(self.optimizer),
             }
         if ddp.is_main():
             path = ckpt.save_checkpoint(

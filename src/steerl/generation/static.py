@@ -239,15 +239,19 @@ class StaticSampler:
         x = rms(layer.post_attention_layernorm, h)
         return linear_add(h, mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), mlp.down_proj)
 
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        """(N, H) last hidden state -> (N, V) logits in the model's dtype."""
+        return self.model.lm_head(rms(self.base.norm, h))
+
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """(N, H) last hidden state -> (N, V) float32 logits."""
-        return self.model.lm_head(rms(self.base.norm, h)).float()
+        return self._head(h).float()
 
     def _sample_triton(self, h: torch.Tensor) -> None:
         """:meth:`_sample` by :func:`steerl.generation.kernels.race_pick` (in-kernel noise)."""
         from steerl.generation.kernels import race_pick
 
-        logits = self.model.lm_head(rms(self.base.norm, h))  # (N, V), model dtype
+        logits = self._head(h)  # the kernel reads the model dtype
         if self.greedy:  # no draw: greedy decoding leaves every random stream alone
             seed = torch.zeros(1, dtype=torch.long, device=logits.device)
         else:

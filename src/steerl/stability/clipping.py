@@ -59,10 +59,29 @@ def global_grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
     from steerl import distributed as ddp
 
     if ddp.sharded():  # FSDP: each rank holds shards of some gradients
-        return math.sqrt(float(ddp.grad_sq_norm(grads)))
+        from steerl.fsdp import grad_sq_norm
+
+        return math.sqrt(float(grad_sq_norm(grads)))
     dev = grads[0].device
     norms = [torch.linalg.vector_norm(g.detach().float()).to(dev) for g in grads]
     return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` (every gradient times ``min(1, max_norm / (norm +
+    1e-6))``; returns the norm before), also where some gradients are FSDP shards, which
+    ``clip_grad_norm_`` cannot mix with whole ones."""
+    from steerl import distributed as ddp
+
+    if not ddp.sharded():
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    total = global_grad_norm(params)
+    coef = min(1.0, max_norm / (total + 1e-6))
+    if coef < 1.0:
+        with torch.no_grad():
+            for p in params:
+                p.grad.mul_(coef)
+    return total
 
 
 def percentile(values: Iterable[float], q: float) -> float:
@@ -136,15 +155,7 @@ class GradClipper:
         pre = global_grad_norm(params)
         if max_norm is None or not math.isfinite(pre) or pre <= max_norm:
             return ClipResult(pre, pre, False, max_norm)
-        from steerl import distributed as ddp
-
-        if ddp.sharded():  # clip_grad_norm_ cannot mix sharded and whole gradients
-            coef = min(1.0, max_norm / (pre + 1e-6))
-            with torch.no_grad():
-                for p in params:
-                    p.grad.mul_(coef)
-            return ClipResult(pre, pre * coef, True, max_norm)
-        total = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        total = clip_grad_norm(params, max_norm)
         return ClipResult(pre, total * min(1.0, max_norm / (total + 1e-6)), True, max_norm)
 
     @torch.no_grad()

@@ -31,20 +31,9 @@ def grad_norm_and_clip(
     params = [p for p in params if p.grad is not None]
     if not params:
         return 0.0, 0.0
-    from steerl import distributed as ddp
+    from steerl.stability.clipping import clip_grad_norm
 
-    if ddp.sharded():  # FSDP: clip_grad_norm_ cannot mix sharded and whole gradients
-        from steerl.stability.clipping import global_grad_norm
-
-        pre_f = global_grad_norm(params)
-        if max_norm and math.isfinite(pre_f) and pre_f > max_norm:
-            with torch.no_grad():
-                for p in params:
-                    p.grad.mul_(max_norm / (pre_f + 1e-6))
-    else:
-        pre_f = float(
-            torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-        )
+    pre_f = clip_grad_norm(params, max_norm if max_norm else float("inf"))
     post = min(pre_f, max_norm) if max_norm and math.isfinite(pre_f) else pre_f
     return pre_f, post
 
@@ -134,7 +123,7 @@ def all_finite(t: torch.Tensor, chunk: int = 1 << 22) -> bool:
     ``torch.isfinite`` on a whole tensor allocates several temporaries of its size (0.63 GiB
     for a 152k x 896 bf16 gradient, on a step that is already near the memory peak).
     """
-    from steerl.distributed import local
+    from steerl.fsdp import local
 
     flat = local(t.detach()).reshape(-1)  # a sharded tensor: this rank's shard
     ok = torch.ones((), dtype=torch.bool, device=flat.device)

@@ -1,0 +1,142 @@
+"""Sharded decoder layers (``train.distributed=fsdp``, FSDP2) under ``torchrun``.
+
+:func:`shard_layers` applies ``fully_shard`` to every decoder layer; the embeddings, final
+norm and LM head stay whole on every rank (the chunked LM head reads the head's weight
+directly) and keep :func:`steerl.distributed.all_reduce_grads`. Gradients of sharded
+parameters arrive reduce-scattered as sums, norms count each shard once
+(:func:`grad_sq_norm`), and checkpoints hold whole tensors: gathered to rank 0
+(:func:`full_state_dict`, :func:`full_optimizer_state`) and cut back into shards on load
+(:func:`load_full_state_dict`, :func:`shard_optimizer_state`). Whether sharding is on is
+:func:`steerl.distributed.sharded`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from steerl.distributed import is_main, sharded
+
+
+def is_dtensor(t: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded tensor; any other tensor as it is."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def shard_layers(model: torch.nn.Module) -> int:
+    """FSDP2 over every decoder layer of ``model`` (``fully_shard`` per layer), summing the
+    gradients over ranks as :func:`all_reduce_grads` does. The rest (embeddings, final norm,
+    LM head: read directly by the chunked head) stays replicated. Returns the layers sharded.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    for layer in layers:
+        fully_shard(layer)
+        layer.set_gradient_divide_factor(1.0)  # sum, as the loss denominators are global
+        layer.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
+    return len(layers)
+
+
+def _whole(v: Any) -> Any:
+    """A sharded tensor gathered (every rank takes part) to the CPU on rank 0; None on the
+    other ranks, so no rank holds more than one whole tensor on its device at a time."""
+    if not is_dtensor(v):
+        return v.detach() if torch.is_tensor(v) else v
+    t = v.full_tensor()
+    return t.detach().cpu() if is_main() else None
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state for rank 0 to write (a collective when layers are sharded;
+    the other ranks get ``None`` for the sharded entries)."""
+    return {k: _whole(v) for k, v in model.state_dict().items()}
+
+
+def load_full_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors into ``model``, each rank keeping its shard of sharded ones."""
+    from torch.distributed.tensor import distribute_tensor
+
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if k not in sd:
+                continue
+            src = sd[k].to(device=local(v).device, dtype=v.dtype)
+            if is_dtensor(v):
+                src = distribute_tensor(src, v.device_mesh, v.placements)
+            v.copy_(src)
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with every sharded state tensor made whole for rank 0 (a
+    collective, as :func:`full_state_dict`)."""
+    sd = optimizer.state_dict()
+    state = {i: {k: _whole(v) for k, v in st.items()} for i, st in sd["state"].items()}
+    return {**sd, "state": state}
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> dict[str, Any]:
+    """A whole-tensor optimizer state (:func:`full_optimizer_state`) cut to this rank's shards
+    of the sharded parameters, ready for ``optimizer.load_state_dict``."""
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state = {}
+    for i, st in sd["state"].items():
+        p = params[int(i)]
+        state[i] = {
+            k: distribute_tensor(v.to(local(p).device), p.device_mesh, p.placements)
+            if is_dtensor(p) and torch.is_tensor(v) and v.shape == p.shape
+            else v
+            for k, v in st.items()
+        }
+    return {**sd, "state": state}
+
+
+def grad_sq_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of squares of ``grads`` over the whole model: shards summed over ranks, replicated
+    gradients counted once (float32, on the first gradient's device)."""
+    dev = local(grads[0]).device
+    whole = torch.zeros((), device=dev)
+    shards = torch.zeros((), device=dev)
+    for g in grads:
+        sq = local(g).detach().float().pow(2).sum().to(dev)
+        if is_dtensor(g):
+            shards += sq
+        else:
+            whole += sq
+    if sharded():
+        dist.all_reduce(shards)
+    return whole + shards
+
+
+def config_problems(cfg: Any) -> list[str]:
+    """What ``train.distributed=fsdp`` does not support (yet)."""
+    out = []
+    if cfg.rollout.backend == "static":
+        out.append(
+            "rollout.backend=static reads every layer's whole weights, which "
+            "train.distributed=fsdp shards; use rollout.backend=auto or eager"
+        )
+    if cfg.model.lora.enabled:
+        out.append("model.lora.enabled=true with train.distributed=fsdp is not supported")
+    if cfg.stability.clip in ("value", "agc"):
+        out.append(
+            f"stability.clip={cfg.stability.clip} with train.distributed=fsdp is not supported; "
+            "use norm, adaptive or off"
+        )
+    if cfg.optim.name == "adafactor":
+        out.append(
+            "optim.name=adafactor factors each matrix over rows and columns, which "
+            "train.distributed=fsdp shards; use adamw, adam or sgd"
+        )
+    return out
