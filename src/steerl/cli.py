@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,13 @@ def train(
             main = ddp.is_main()
             ddp.shutdown(together=finished)
         if not main:
+            if finished:
+                # a torchrun worker with nothing left to write: end without the interpreter's
+                # teardown, where rank 1 intermittently aborted in a C++ destructor ("terminate
+                # called without an active exception", twice in CI after a finished run)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
             return
 
     console.print(accuracy_table(summary.get("warmup"), summary.get("final")))
