@@ -14,6 +14,12 @@ another seed (``--noise``) shows how far two runs that should agree drift apart 
 
     python benchmarks/ddp_step.py --gpus 2                 # on a machine with 2 GPUs
     python benchmarks/ddp_step.py --tiny --device cpu      # small shapes, gloo, 2 processes
+    python benchmarks/ddp_step.py --gpus 2 --no-noise \
+        --run "2 GPUs, FSDP=2,train.distributed=fsdp" --run "1 GPU=1,prompts=32" \
+        --run "2 GPUs=2,prompts=32"                        # further configurations
+
+Speed-up: completion tokens/s over the 1-GPU run at the same global batch (strong scaling);
+a run at another global batch with no 1-GPU run of its own is compared with the first one.
 """
 
 from __future__ import annotations
@@ -93,7 +99,10 @@ def worker(args) -> None:
     ddp.shutdown()
 
 
-def launch(args, anchor: Path, n: int, seed: int, out: Path) -> dict:
+def launch(args, anchor: Path, n: int, seed: int, out: Path, run: dict | None = None) -> dict:
+    """One configuration under torchrun; ``run``: its own ``prompts`` and ``set`` overrides."""
+    run = run or {}
+    shared = _shared(args) | ({"prompts": run["prompts"]} if "prompts" in run else {})
     cmd = [
         sys.executable,
         "-m",
@@ -105,14 +114,27 @@ def launch(args, anchor: Path, n: int, seed: int, out: Path) -> dict:
         f"--anchor={anchor}",
         f"--json={out}",
         f"--seed={seed}",
-        *[f"--{k.replace('_', '-')}={v}" for k, v in _shared(args).items()],
-        *[f"--set={o}" for o in args.set],
+        *[f"--{k.replace('_', '-')}={v}" for k, v in shared.items()],
+        *[f"--set={o}" for o in [*args.set, *run.get("set", [])]],
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="4")
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, timeout=args.timeout)
     print(f"{n} process(es), seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
-    return json.loads(out.read_text())
+    return json.loads(out.read_text()) | {"prompts": shared["prompts"], "set": run.get("set", [])}
+
+
+def parse_run(spec: str) -> tuple[str, int, dict]:
+    """``LABEL=N[,prompts=P][,KEY=VALUE...]`` -> (label, ranks, {prompts, set})."""
+    label, _, rest = spec.partition("=")
+    n, *opts = rest.split(",")
+    run: dict = {"set": []}
+    for o in opts:
+        if o.startswith("prompts="):
+            run["prompts"] = int(o.split("=", 1)[1])
+        else:
+            run["set"].append(o)
+    return label, int(n), run
 
 
 def _shared(args) -> dict:
@@ -128,21 +150,30 @@ def table(runs: list[tuple[str, dict]], card: str, args) -> str:
         f"lr {args.lr}, {args.steps} timed steps after {args.warmup} warm-up"
         + (f"; overrides: {' '.join(args.set)}" if args.set else "")
     )
-    head = "| run | GPUs | step s median | min | max | completion tok/s | speed-up | peak GiB/rank"
-    head += " |"
-    lines += ["", head, "|---|---|---|---|---|---|---|---|"]
-    base = None
+    head = "| run | GPUs | prompts | step s median | min | max | completion tok/s | speed-up |"
+    head += " generation s | update s | peak GiB/rank |"
+    lines += ["", head, "|---" * 11 + "|"]
+    base: dict[int, float] = {}  # tokens/s of the first 1-GPU run at each global batch
     for name, r in runs:
         timed = [x for x in r["rows"] if x["timed"]]
         ts = [x["step_s"] for x in timed]
         med = statistics.median(ts)
         tps = statistics.median(x["tokens"] for x in timed) / med
-        base = base or med
+        p = r.get("prompts", args.prompts)
+        if r["world"] == 1:
+            base.setdefault(p, tps)
+        ref = base.get(p) or next(iter(base.values()), tps)
+        gen = statistics.median(x["generate_s"] for x in timed)
+        upd = statistics.median(x["update_s"] for x in timed)
         peak = max(r["peak_gib"])
         lines.append(
-            f"| {name} | {r['world']} | {med:.3f} | {min(ts):.3f} | {max(ts):.3f} | "
-            f"{tps:,.0f} | {base / med:.2f}x | {peak:.2f} |"
+            f"| {name} | {r['world']} | {p} | {med:.3f} | {min(ts):.3f} | {max(ts):.3f} | "
+            f"{tps:,.0f} | {tps / ref:.2f}x | {gen:.3f} | {upd:.3f} | {peak:.2f} |"
         )
+    lines.append(
+        "(speed-up: completion tokens/s over the first 1-GPU run at the same global batch, "
+        "else over the first 1-GPU run)"
+    )
     lines += ["", "per step (all steps, warm-up included):", ""]
     names = [n for n, _ in runs]
     lines.append(
@@ -151,7 +182,7 @@ def table(runs: list[tuple[str, dict]], card: str, args) -> str:
         + " |"
     )
     lines.append("|---" * (1 + 3 * len(runs)) + "|")
-    for i in range(len(runs[0][1]["rows"])):
+    for i in range(min(len(r["rows"]) for _, r in runs)):
         vals = [r["rows"][i][k] for k in ("reward", "loss", "grad_norm") for _, r in runs]
         lines.append(f"| {i + 1} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
     lines.append("")
@@ -192,6 +223,14 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a recipe override for every run, e.g. rollout.compile=true (repeatable)",
     )
+    ap.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="LABEL=N[,prompts=P][,KEY=VALUE...]",
+        help="a further configuration: N ranks, its own global prompts and overrides "
+        "(e.g. 'FSDP=2,train.distributed=fsdp'; repeatable)",
+    )
     args = ap.parse_args()
     if args.worker:
         return worker(args)
@@ -200,12 +239,15 @@ def main() -> None:
     card = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU (gloo)"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        anchor = gpu_step.save_anchor(args.tiny, tmp, args.prompts * 4, args.prompt_len)
-        plan = [("1 GPU", 1, 0), (f"{args.gpus} GPUs", args.gpus, 0)]
-        plan += [("1 GPU, seed 1", 1, 1)] if args.noise else []
+        plan = [("1 GPU", 1, 0, {}), (f"{args.gpus} GPUs", args.gpus, 0, {})]
+        plan += [("1 GPU, seed 1", 1, 1, {})] if args.noise else []
+        plan += [(label, n, 0, run) for label, n, run in map(parse_run, args.run)]
+        most = max(args.prompts, *[r.get("prompts", 0) for *_, r in plan])
+        anchor = gpu_step.save_anchor(args.tiny, tmp, most * 4, args.prompt_len)
         runs = []
-        for name, n, seed in plan:
-            runs.append((name, launch(args, anchor, n, seed, tmp / f"{n}-{seed}.json")))
+        for i, (name, n, seed, run) in enumerate(plan):
+            out = tmp / f"{i}-{n}-{seed}.json"
+            runs.append((name, launch(args, anchor, n, seed, out, run)))
             if args.json:  # after each run, so a cut-off command keeps what it measured
                 Path(args.json).write_text(json.dumps({"card": card, "runs": dict(runs)}))
     print(table(runs, card, args))

@@ -8,10 +8,15 @@ parameters arrive reduce-scattered as sums, norms count each shard once
 (:func:`full_state_dict`, :func:`full_optimizer_state`) and cut back into shards on load
 (:func:`load_full_state_dict`, :func:`shard_optimizer_state`). Whether sharding is on is
 :func:`steerl.distributed.sharded`.
+
+The static sampler reads whole layers and captures their addresses in a CUDA graph, so under
+sharding it runs on :class:`RolloutWeights`: a whole copy of the policy taken before sharding
+and refreshed in place (every sharded parameter gathered, one at a time) before each rollout.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -43,8 +48,32 @@ def shard_layers(model: torch.nn.Module) -> int:
     for layer in layers:
         fully_shard(layer)
         layer.set_gradient_divide_factor(1.0)  # sum, as the loss denominators are global
-        layer.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
+        force_sum = getattr(layer, "set_force_sum_reduction_for_comms", None)  # torch >= 2.8
+        if force_sum is not None:
+            force_sum(True)  # plain SUM (gloo has no PREMUL_SUM; NCCL's is a sum here too)
     return len(layers)
+
+
+class RolloutWeights:
+    """A whole, frozen copy of the policy for the static sampler under sharded layers.
+
+    Made from the policy before :func:`shard_layers`; :meth:`refresh` copies the current
+    weights into it in place (the addresses the sampler's CUDA graph captured stay valid),
+    gathering each sharded parameter on every rank in turn: a collective, so every rank
+    refreshes together. Costs one whole copy of the weights per rank (bf16: 2 bytes per
+    parameter, against the ~8 of the sharded training state it lets a card hold).
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def refresh(self, policy: torch.nn.Module) -> torch.nn.Module:
+        """Copy ``policy``'s current weights (sharded or not) into the copy; returns it."""
+        mine = dict(self.model.named_parameters())
+        for name, p in policy.named_parameters():
+            mine[name].copy_(p.full_tensor() if is_dtensor(p) else p)
+        return self.model
 
 
 def _whole(v: Any) -> Any:
@@ -122,11 +151,6 @@ def grad_sq_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 def config_problems(cfg: Any) -> list[str]:
     """What ``train.distributed=fsdp`` does not support (yet)."""
     out = []
-    if cfg.rollout.backend == "static":
-        out.append(
-            "rollout.backend=static reads every layer's whole weights, which "
-            "train.distributed=fsdp shards; use rollout.backend=auto or eager"
-        )
     if cfg.model.lora.enabled:
         out.append("model.lora.enabled=true with train.distributed=fsdp is not supported")
     if cfg.stability.clip in ("value", "agc"):

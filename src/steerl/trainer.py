@@ -138,17 +138,17 @@ class Trainer:
             float(cfg.loss.needs_reference),
             base_is_start=not cfg.warmup.steps,
         )
-        if ddp.sharded():  # train.distributed=fsdp: decoder layers sharded over the ranks
-            fsdp.shard_layers(self.model)
-            if self.reference is not None:
-                fsdp.shard_layers(self.reference)
-        backend = cfg.rollout.backend
-        if ddp.sharded() and backend == "auto":
-            backend = "eager"  # the static sampler reads whole weights (refused with fsdp)
-        self.sampler_backend = resolve_backend(backend, self.model)  # eager|static
+        self.sampler_backend = resolve_backend(cfg.rollout.backend, self.model)  # eager|static
         self.sampler_kernels = resolve_kernels(  # torch|triton
             cfg.rollout.kernels, self.model, self.sampler_backend
         )
+        self.rollout_weights: fsdp.RolloutWeights | None = None
+        if ddp.sharded():  # train.distributed=fsdp: decoder layers sharded over the ranks
+            if self.sampler_backend == "static":  # it reads whole layers: a whole copy
+                self.rollout_weights = fsdp.RolloutWeights(self.model)
+            fsdp.shard_layers(self.model)
+            if self.reference is not None:
+                fsdp.shard_layers(self.reference)
         self.loss = build_policy_loss(cfg.loss)  # the "policy" term
         self.aux_terms = build_aux_terms(cfg.loss)  # loss.aux: further named terms
         # objectives: rewards -> training signal (combiner); loss terms -> gradient (balancer)
@@ -483,13 +483,20 @@ class Trainer:
         return m
 
     # ------------------------------------------------------------------ rollout / rewards
+    def _sampling_model(self) -> torch.nn.Module:
+        """The model rollouts and evaluation decode with: the policy, or under sharded layers
+        with the static sampler its whole copy, refreshed now (a collective on every rank)."""
+        if self.rollout_weights is None:
+            return self.model
+        return self.rollout_weights.refresh(self.model)
+
     def _generate(self, prompts: list[Prompt]) -> tuple[Rollout, list[str]]:
         """G sampled completions per prompt: the rollout (groups of G rows) and their texts."""
         cfg, G = self.cfg, self.cfg.rollout.group_size
         texts = [p.text for p in prompts for _ in range(G)]
         p_ids, p_mask = encode_prompts(self.tokenizer, texts, self.device, cfg.model.chat_template)
         batch = generate(
-            self.model,
+            self._sampling_model(),
             p_ids,
             p_mask,
             max_new_tokens=cfg.rollout.max_new_tokens,
@@ -775,11 +782,12 @@ class Trainer:
         :mod:`steerl.evaluation`); under torchrun each rank decodes a share.
         """
         cfg = self.cfg
+        lockstep = ddp.sharded() and self.rollout_weights is None
         return accuracy_by_level(
-            self.model,
+            self._sampling_model(),
             self.tokenizer,
             # sharded layers gather on every rank: each decodes all prompts in step
-            self.task.eval if ddp.sharded() else ddp.shard_uneven(self.task.eval),
+            self.task.eval if lockstep else ddp.shard_uneven(self.task.eval),
             self.eval_rewards,
             max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens,
             backend=self.sampler_backend,
