@@ -107,13 +107,14 @@ def test_torchrun_train_writes_one_run_dir_and_resumes_exactly(
         assert (d / "config.yaml").is_file() and (d / "checkpoints").is_dir()
     a, b = _metrics(full), _metrics(cut)
     assert [m["step"] for m in a] == [m["step"] for m in b]  # nothing logged twice
-    assert any(m.get("curriculum/refill_rounds", 0) > 0 for m in a)  # refills happened
     train = [k for k in a[-2] if k.startswith("train/") and isinstance(a[-2][k], float)]
     for ma, mb in zip(a, b):
         if ma.get("phase") == "rl":
             assert ma["train/loss"] != 0.0
             for k in train:
                 assert mb[k] == pytest.approx(ma[k], rel=1e-5, abs=1e-6), (ma["step"], k)
+    if device == "cpu":  # the CPU draws are fixed: refills happen (on a GPU they may not)
+        assert any(m.get("curriculum/refill_rounds", 0) > 0 for m in a)
 
 
 def test_fsdp_static_sampler_on_the_whole_copy_samples_what_ddp_samples(tmp_path, tiny_overrides):

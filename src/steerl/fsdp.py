@@ -76,6 +76,23 @@ class RolloutWeights:
         return self.model
 
 
+def split_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each optimizer parameter group as two with the same settings: its sharded parameters
+    and its whole ones (torch's multi-tensor optimizer kernels refuse a list that mixes
+    DTensors and plain tensors). Empty halves are left out."""
+    out = []
+    for g in groups:
+        names = g.get("param_names")
+        for want in (True, False):
+            idx = [i for i, p in enumerate(g["params"]) if is_dtensor(p) == want]
+            if idx:
+                half = {**g, "params": [g["params"][i] for i in idx]}
+                if names is not None:
+                    half["param_names"] = [names[i] for i in idx]
+                out.append(half)
+    return out
+
+
 def _whole(v: Any) -> Any:
     """A sharded tensor gathered (every rank takes part) to the CPU on rank 0; None on the
     other ranks, so no rank holds more than one whole tensor on its device at a time."""

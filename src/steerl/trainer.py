@@ -181,13 +181,20 @@ class Trainer:
     # ------------------------------------------------------------------ setup helpers
     def _make_optimizer(self, phase: str) -> torch.optim.Optimizer:
         o = self.cfg.optim
+        # sharded layers: multi-tensor kernels (on CUDA by default; forced here so the CPU
+        # tests take the same path) need groups that do not mix sharded and whole tensors
+        foreach = True if ddp.sharded() else None
         if phase == "warmup":
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            return torch.optim.AdamW(params, lr=self.cfg.warmup.lr, weight_decay=0.0)
+            params = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+            params = fsdp.split_groups(params) if ddp.sharded() else params
+            return torch.optim.AdamW(
+                params, lr=self.cfg.warmup.lr, weight_decay=0.0, foreach=foreach
+            )
         # schedule.param_groups: named groups with their own lr_scale (e.g. LoRA vs head)
         params = param_groups(self.model, self.cfg.schedule, o.lr)
+        params = fsdp.split_groups(params) if ddp.sharded() else params
         if o.name == "sgd":
-            return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay)
+            return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, foreach=foreach)
         if o.name == "adafactor":
             # one tensor at a time: temporaries of the largest parameter, not of all of them
             return torch.optim.Adafactor(
@@ -202,7 +209,13 @@ class Trainer:
         # fused on CUDA: one kernel per step and no parameter-sized temporaries (foreach has)
         fused = True if self.device.type == "cuda" and not ddp.sharded() else None
         return cls(
-            params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=fused
+            params,
+            lr=o.lr,
+            betas=o.betas,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            fused=fused,
+            foreach=foreach,
         )
 
     @property
