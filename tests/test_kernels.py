@@ -66,6 +66,27 @@ def test_decode_attention_matches_sdpa_with_gqa_and_masked_keys():
     torch.testing.assert_close(out[2, :2], v[2, 0, 7].expand(2, d), atol=1e-6, rtol=0)
 
 
+@needs_triton
+@pytest.mark.parametrize(("m", "n", "k"), [(3, 70, 40), (20, 64, 160)])
+def test_gate_up_silu_matches_the_mlp_in_float64(m, n, k):
+    """Partial row, column and depth tiles (70 columns: 3 tiles of 32; 160 deep: 2 of 128;
+    20 rows: a 32-row tile) and float32 accumulation."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(m, k, generator=g)
+    wg, wu = torch.randn(2, n, k, generator=g) / k**0.5
+    out = K.gate_up_silu(x, wg, wu)
+    xd, gd, ud = x.double(), wg.double(), wu.double()
+    ref = F.silu(xd @ gd.T) * (xd @ ud.T)
+    assert out.shape == (m, n) and out.dtype == x.dtype
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    # transposed weight views (not contiguous in K) are made contiguous first
+    torch.testing.assert_close(
+        K.gate_up_silu(x, wg.T.contiguous().T, wu), out, atol=1e-6, rtol=0
+    )
+    with pytest.raises(ValueError, match="do not match"):
+        K.gate_up_silu(x, wg, wu[:, :-1])
+
+
 def _state(rows: int, cols: int, step: int = 0):
     return dict(
         done=torch.zeros(rows, dtype=torch.bool),
@@ -130,7 +151,7 @@ def test_race_pick_samples_the_tempered_distribution():
 def test_sampler_with_triton_kernels_matches_tensor_ops():
     model = _qwen()
     ref = _run(model, greedy=True)
-    tri = _run(model, greedy=True, attention="triton", pick="triton")
+    tri = _run(model, greedy=True, attention="triton", pick="triton", mlp="triton")
     assert torch.equal(tri[0], ref[0])
     torch.testing.assert_close(tri[1], ref[1], atol=1e-5, rtol=0)
     assert len({tuple(r) for r in ref[0].tolist()}) > 1  # not vacuous
@@ -159,6 +180,19 @@ def test_compiled_decode_layers_match_the_eager_ones():
         fast = _run(model, greedy, compiled=True)
         assert torch.equal(fast[0], ref[0])
         torch.testing.assert_close(fast[1], ref[1], atol=1e-4, rtol=0)
+
+
+@needs_triton
+def test_compiled_layers_with_the_mlp_kernel_match_the_eager_ones():
+    """``rollout.compile`` with ``rollout.kernels=triton``: the compiled output projection
+    and norm, then the gate/up kernel and the down projection (attn_out_norm path)."""
+    model = _qwen()
+    ref = _run(model, True)
+    fast = _run(model, True, compiled=True, attention="triton", pick="triton", mlp="triton")
+    assert torch.equal(fast[0], ref[0])
+    torch.testing.assert_close(fast[1], ref[1], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="mlp 'cuda'"):
+        _run(model, True, mlp="cuda")
 
 
 # --------------------------------------------------------------------------- the key

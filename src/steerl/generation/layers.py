@@ -64,14 +64,24 @@ def attn_out_mlp(h, o, w_o, norm_w, w_gate, w_up, w_down, eps: float):
     return h, F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
 
 
-#: ``torch.compile`` of the two functions above (built on first use; shared by all samplers:
+def attn_out_norm(h, o, w_o, norm_w, eps: float):
+    """Output projection, residual and RMSNorm: ``(h + o W_o^T, rms_norm(...))`` (the MLP
+    then runs outside: :func:`steerl.generation.kernels.gate_up_silu`)."""
+    h = h + F.linear(o, w_o)
+    return h, F.rms_norm(h, (h.shape[-1],), norm_w, eps)
+
+
+#: ``torch.compile`` of the functions above (built on first use; shared by all samplers:
 #: every layer has the same shapes, so one compiled graph serves all of them).
 _COMPILED: dict[str, Any] = {}
 
 
 def compiled(name: str):
-    """``torch.compile`` of :func:`attn_in` or :func:`attn_out_mlp`, built on first use."""
+    """``torch.compile`` of :func:`attn_in`, :func:`attn_out_mlp` or :func:`attn_out_norm`,
+    built on first use."""
     if name not in _COMPILED:
-        fn = {"attn_in": attn_in, "attn_out_mlp": attn_out_mlp}[name]
+        fn = {"attn_in": attn_in, "attn_out_mlp": attn_out_mlp, "attn_out_norm": attn_out_norm}[
+            name
+        ]
         _COMPILED[name] = torch.compile(fn, fullgraph=True, dynamic=False)
     return _COMPILED[name]

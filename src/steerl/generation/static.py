@@ -42,6 +42,8 @@ from steerl.generation.layers import compiled, eps_of, linear_add, rms, rope
 ATTENTION = ("sdpa", "triton")
 #: Sampling: ``torch`` (tensor ops) or ``triton`` (:func:`steerl.generation.kernels.race_pick`).
 PICK = ("torch", "triton")
+#: The MLP's gated half: ``torch`` or ``triton`` (:func:`steerl.generation.kernels.gate_up_silu`).
+MLP = ("torch", "triton")
 #: Architectures whose decoder layers this sampler reproduces.
 SUPPORTED = ("llama", "qwen2", "qwen3")
 #: Prompt widths are rounded up to this multiple so one captured graph serves many batches.
@@ -92,6 +94,7 @@ class StaticSampler:
         compile_step: bool = False,
         attention: str = "sdpa",
         pick: str = "torch",
+        mlp: str = "torch",
     ):
         conf = model.config
         dev = next(model.parameters()).device
@@ -140,17 +143,19 @@ class StaticSampler:
         # compile each decode layer around its attention (which stays outside); only for the
         # plain Llama/Qwen2 layer (no q/k norms, no biases outside q/k/v, SiLU)
         layer0 = self.base.layers[0]
-        self.compiled = compile_step and (
-            not hasattr(attn, "q_norm")
-            and layer0.self_attn.o_proj.bias is None
-            and getattr(conf, "hidden_act", "") == "silu"
-            and getattr(conf, "mlp_bias", False) is False
+        silu_mlp = (
+            getattr(conf, "hidden_act", "") == "silu" and getattr(conf, "mlp_bias", False) is False
         )
-        if attention not in ATTENTION or pick not in PICK:
+        self.compiled = compile_step and (
+            not hasattr(attn, "q_norm") and layer0.self_attn.o_proj.bias is None and silu_mlp
+        )
+        if attention not in ATTENTION or pick not in PICK or mlp not in MLP:
             raise ValueError(
-                f"attention {attention!r} / pick {pick!r}: allowed {ATTENTION} / {PICK}"
+                f"attention {attention!r} / pick {pick!r} / mlp {mlp!r}: allowed "
+                f"{ATTENTION} / {PICK} / {MLP}"
             )
         self.attention = attention
+        self.mlp = mlp if silu_mlp else "torch"  # the kernel computes the SiLU gating only
         # sampling: plain top-p sorts the vocabulary, which stays on tensor ops
         self.pick = pick if top_p >= 1 else "torch"
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -189,10 +194,24 @@ class StaticSampler:
         )  # fmt: skip
         o = self._decode_attention(qs, self.k_cache[i], self.v_cache[i], mask)
         o = o.reshape(h.shape[0], 1, -1)
+        if self.mlp == "triton":
+            h, x = compiled("attn_out_norm")(h, o, attn.o_proj.weight, ln2.weight, eps_of(ln2))
+            return h, F.linear(self._gate_up(x, mlp), mlp.down_proj.weight)
         return compiled("attn_out_mlp")(
             h, o, attn.o_proj.weight, ln2.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
             mlp.down_proj.weight, eps_of(ln2),
         )  # fmt: skip
+
+    def _gate_up(self, x: torch.Tensor, mlp: torch.nn.Module, decode: bool = True):
+        """``act(gate(x)) * up(x)`` of one layer's MLP; x (N, q, H) -> (N, q, I). The kernel
+        serves decode steps (few rows); the prefill's many rows stay with cuBLAS."""
+        if self.mlp == "triton" and decode:
+            from steerl.generation.kernels import gate_up_silu
+
+            x2 = x.reshape(-1, x.shape[-1])
+            out = gate_up_silu(x2, mlp.gate_proj.weight, mlp.up_proj.weight)
+            return out.view(*x.shape[:-1], -1)
+        return mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
 
     def _decode_attention(self, qs, kc, vc, mask) -> torch.Tensor:
         """q (N, Hq, 1, D) against the cache -> (N, Hq, D) (or a view with that layout)."""
@@ -237,7 +256,7 @@ class StaticSampler:
         h = linear_add(h, o, attn.o_proj)
         mlp = layer.mlp
         x = rms(layer.post_attention_layernorm, h)
-        return linear_add(h, mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x), mlp.down_proj)
+        return linear_add(h, self._gate_up(x, mlp, decode=not prefill), mlp.down_proj)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         """(N, H) last hidden state -> (N, V) logits in the model's dtype."""
@@ -457,6 +476,7 @@ def static_generate(
         compile_step=compile and use_graph,
         attention="triton" if kernels == "triton" else "sdpa",
         pick=kernels,
+        mlp=kernels,
     )
     if keep:  # a one-off sampler neither enters the cache nor evicts from it
         while len(_SAMPLERS) >= _KEEP:
