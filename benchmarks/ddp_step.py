@@ -51,10 +51,6 @@ def worker(args) -> None:
     from steerl.trainer import Trainer
 
     anchor = Path(args.anchor)
-    if args.device == "cuda":
-        # gpu_step.probe_attention: SDPA's memory-efficient backward gave non-finite
-        # gradients on this random model; flash/math are used in every run here
-        torch.backends.cuda.enable_mem_efficient_sdp(False)
     overrides = [
         *gpu_step.anchor_overrides(args, anchor),
         f"train.seed={args.seed}",
@@ -77,7 +73,17 @@ def worker(args) -> None:
                     torch.cuda.reset_peak_memory_stats()
             ddp.barrier()
             t0 = time.perf_counter()
-            m = trainer.rl_step()
+            if args.anomaly:  # where the first non-finite gradient comes from (slow)
+                with torch.autograd.detect_anomaly(check_nan=True):
+                    try:
+                        m = trainer.rl_step()
+                    except RuntimeError as e:
+                        import traceback
+
+                        print(f"anomaly at step {i + 1}:\n{traceback.format_exc()}", flush=True)
+                        raise SystemExit(3) from e
+            else:
+                m = trainer.rl_step()
             if cuda:
                 torch.cuda.synchronize()
             ddp.barrier()
@@ -117,7 +123,7 @@ def launch(args, anchor: Path, n: int, seed: int, out: Path, run: dict | None = 
         f"--anchor={anchor}",
         f"--json={out}",
         f"--seed={seed}",
-        *[f"--{k.replace('_', '-')}={v}" for k, v in shared.items()],
+        *[f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in shared.items()],
         *[f"--set={o}" for o in [*args.set, *run.get("set", [])]],
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="4")
@@ -142,7 +148,8 @@ def parse_run(spec: str) -> tuple[str, int, dict]:
 
 def _shared(args) -> dict:
     keys = ("device", "steps", "warmup", "prompts", "group", "new_tokens", "micro_batch", "lr")
-    return {k: getattr(args, k) for k in keys} | {"prompt_len": args.prompt_len}
+    flags = {"anomaly": True} if args.anomaly else {}
+    return {k: getattr(args, k) for k in keys} | {"prompt_len": args.prompt_len} | flags
 
 
 def table(runs: list[tuple[str, dict]], card: str, args) -> str:
@@ -217,6 +224,12 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--micro-batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument(
+        "--anomaly",
+        action="store_true",
+        help="run the steps under torch.autograd.detect_anomaly: print where the first "
+        "non-finite gradient is made, then stop",
+    )
     ap.add_argument("--no-noise", dest="noise", action="store_false", help="skip seed-1 run")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per configuration")
     ap.add_argument(

@@ -100,7 +100,7 @@ def bench_gate_up(dev, layers: int = 24) -> None:
 
     base = graph_ms(torch_mlp) / layers
     print(f"gate/up, tensor ops (2 GEMMs + silu*mul): {1e3 * base:.1f} us per layer, "
-          f"{nbytes / base / 1e9:.0f} GB/s")  # fmt: skip
+          f"{nbytes / base / 1e6:.0f} GB/s")  # fmt: skip
     ref = (F.silu(x.double() @ ws[0][0].double().T) * (x.double() @ ws[0][1].double().T)).float()
     best = None
     for bn, bk, stages, warps in GATE_UP_CONFIGS:
@@ -113,7 +113,7 @@ def bench_gate_up(dev, layers: int = 24) -> None:
             print(f"gate_up_silu {kw}: failed: {type(e).__name__}: {str(e)[:200]}")
             continue
         ms /= layers
-        print(f"gate_up_silu {kw}: {1e3 * ms:.1f} us per layer, {nbytes / ms / 1e9:.0f} GB/s, "
+        print(f"gate_up_silu {kw}: {1e3 * ms:.1f} us per layer, {nbytes / ms / 1e6:.0f} GB/s, "
               f"rel. error vs float64 {rel:.1e}", flush=True)  # fmt: skip
         if best is None or ms < best[0]:
             best = (ms, bn, bk, stages, warps)

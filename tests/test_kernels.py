@@ -80,9 +80,7 @@ def test_gate_up_silu_matches_the_mlp_in_float64(m, n, k):
     assert out.shape == (m, n) and out.dtype == x.dtype
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
     # transposed weight views (not contiguous in K) are made contiguous first
-    torch.testing.assert_close(
-        K.gate_up_silu(x, wg.T.contiguous().T, wu), out, atol=1e-6, rtol=0
-    )
+    torch.testing.assert_close(K.gate_up_silu(x, wg.T.contiguous().T, wu), out, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="do not match"):
         K.gate_up_silu(x, wg, wu[:, :-1])
 

@@ -185,3 +185,18 @@ def test_reference_is_a_frozen_copy(tiny_policy, tiny_model_config, reference, k
         for p in policy.model.parameters():
             p.add_(1.0)
     assert all(torch.equal(before[k], v) for k, v in ref.state_dict().items())
+
+
+def test_cudnn_attention_key_switches_sdpa_cudnn_backend(tiny_model_config):
+    """model.cudnn_attention (default false) sets PyTorch's process-wide cuDNN SDPA switch:
+    cuDNN's attention backward made NaN gradients on H200s (pytorch/pytorch#196678)."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        load_policy(tiny_model_config())
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        load_policy(tiny_model_config(cudnn_attention=True))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+    with pytest.raises(ValueError, match="cudnn_attention"):
+        ModelConfig(cudnn_attention="sometimes")

@@ -131,6 +131,8 @@ def load_policy(cfg: ModelConfig, weights_dir: str | Path | None = None) -> Poli
     """Load the policy and tokenizer named by ``cfg`` (or saved in ``weights_dir``)."""
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    # model.cudnn_attention: cuDNN's SDPA backward made NaN gradients (see the key's comment)
+    torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
     source = str(weights_dir) if weights_dir is not None else cfg.name
     if weights_dir is None and cfg.name == "tiny":
         tokenizer = build_char_tokenizer()

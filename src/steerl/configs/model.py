@@ -68,4 +68,7 @@ class ModelConfig(Section):
     trust_remote_code: bool = False  # passed to from_pretrained
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template
     gradient_checkpointing: bool = False  # recompute activations in backward
+    # cuDNN's SDPA kernel, PyTorch's first pick on H100/H200: its backward returned NaN
+    # gradients with a mask at lengths of 64 mod 128 (torch 2.11, pytorch/pytorch#196678)
+    cudnn_attention: bool = False  # allow cuDNN attention (process-wide; off: flash/efficient)
     lora: LoraConfig = LoraConfig()  # train LoRA adapters instead of the full weights
