@@ -295,11 +295,13 @@ def decode_attention(
     return out
 
 
-#: Tile of :func:`gate_up_silu` (rows are one tile up to 64; weights stream in BLOCK_N x
-#: BLOCK_K tiles, so a 4,864-wide MLP is 152 programs: more than an H100/H200 has SMs).
-GATE_UP_BLOCK_N = 32
+#: Tile of :func:`gate_up_silu`: rows are one tile up to 64, the weights stream in BLOCK_N x
+#: BLOCK_K tiles. The fastest of ten configs on the anchor MLP (64 rows, 896 -> 4,864) on an
+#: H200: 9.2 us per layer against 14.3 for two cuBLAS products and the pointwise kernel
+#: (``benchmarks/decode_profile.py``, 2026-11-28).
+GATE_UP_BLOCK_N = 64
 GATE_UP_BLOCK_K = 128
-GATE_UP_STAGES = 4
+GATE_UP_STAGES = 3
 GATE_UP_WARPS = 4
 
 
