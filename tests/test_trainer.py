@@ -161,14 +161,14 @@ def test_head_gradient_in_place_gives_the_update_of_plain_accumulation(
 ):
     import contextlib
 
-    import steerl.trainer as trainer_mod
+    import steerl.update as update_mod  # where _accumulate looks the context manager up
 
     extra = (VARIED_REWARDS, "warmup.steps=1", "train.steps=1", "loss.micro_batch_size=4")
 
     def params_after_one_rl_step(in_place: bool) -> list[torch.Tensor]:
         if not in_place:
             monkeypatch.setattr(
-                trainer_mod, "head_grad_into_param", lambda on=True: contextlib.nullcontext()
+                update_mod, "head_grad_into_param", lambda on=True: contextlib.nullcontext()
             )
         trainer = Trainer(tiny_config(*extra), tmp_path / str(in_place))
         trainer.warmup_step()

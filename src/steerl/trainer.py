@@ -5,51 +5,35 @@
 
 The trainer only wires components; each owns its state (``state_dict()``), and the
 checkpoint gathers them so a restarted run resumes exactly.
+
+``Trainer.rl_step`` here reads as that flow; the machinery behind its stages sits beside it:
+:mod:`steerl.update` (losses -> balancer -> stability -> optimizer),
+:mod:`steerl.trainer_state` (progress, checkpoint, resume, reference, rollback) and
+:mod:`steerl.run_loop` (``train()``: the steps, evaluation, logging, saving).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from steerl import checkpoint as ckpt
 from steerl import distributed as ddp
 from steerl import fsdp
 from steerl.config import Config, ConfigError, RewardSpec
 from steerl.curriculum import build_curriculum, curriculum_metrics, sample_groups
-from steerl.curriculum.filters import rebalance
 from steerl.evaluation import accuracy_by_level, prompt_fields
-from steerl.logging import ConsoleProgress, MetricLogger
-from steerl.logprobs import completion_logprobs, head_grad_into_param
-from steerl.losses import (
-    LossInputs,
-    build_aux_terms,
-    build_policy_loss,
-    kl_estimate,
-    loss_requirements,
-    sft_loss,
-)
-from steerl.losses.aux_batch import (
-    AuxBatch,
-    aux_term_value,
-    build_aux_batch,
-    teacher_forcing_batch,
-)
-from steerl.losses.base import loss_mask
-from steerl.models import load_policy, make_reference, reference_view
+from steerl.logprobs import completion_logprobs
+from steerl.losses import build_aux_terms, build_policy_loss, loss_requirements, sft_loss
+from steerl.losses.aux_batch import teacher_forcing_batch
+from steerl.models import load_policy, make_reference
 from steerl.objectives import build_balancer, build_combiner
 from steerl.objectives.advantages import compute_advantages
-from steerl.objectives.balancers import Balancer
 from steerl.rewards import build_rewards
 from steerl.rollout import (
     Rollout,
@@ -59,6 +43,7 @@ from steerl.rollout import (
     resolve_backend,
     resolve_kernels,
 )
+from steerl.run_loop import RunLoopMixin
 from steerl.schedules import (
     AdaptiveKLController,
     WarmupDecay,
@@ -69,6 +54,10 @@ from steerl.schedules import (
 )
 from steerl.stability import StabilityManager, grad_norm_and_clip
 from steerl.tasks import Prompt, build_task
+from steerl.trainer_state import REFERENCE_FILE, CheckpointMixin, TrainerState
+from steerl.update import UpdateMixin
+
+__all__ = ["REFERENCE_FILE", "Callback", "Trainer", "TrainerState", "set_seed"]
 
 
 class Callback:
@@ -80,33 +69,19 @@ class Callback:
     def on_train_end(self, trainer: Trainer) -> None: ...
 
 
-@dataclass
-class TrainerState:
-    """Progress of the run (saved in trainer_state.json)."""
-
-    global_step: int = 0  # warm-up steps + RL steps done
-    warmup_step: int = 0
-    rl_step: int = 0
-    warmup_eval: dict[str, float] | None = None  # greedy accuracy per level after warm-up
-    final_eval: dict[str, float] | None = None
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    wall_seconds: float = 0.0  # accumulated over resumed segments
-    generated_tokens: int = 0  # completion tokens sampled in RL steps
-    generate_seconds: float = 0.0  # time spent sampling them
-    stop_reason: str | None = None  # why the run stopped before train.steps (early stop, ...)
-
-
-#: The frozen reference RL started from, saved in the run directory after a warm-up.
-REFERENCE_FILE = "reference.safetensors"
-
-
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-class Trainer:
+class Trainer(RunLoopMixin, CheckpointMixin, UpdateMixin):
+    """An optional SFT warm-up, then RL steps; ``train()`` runs it all.
+
+    The step flow is here (:meth:`warmup_step`, :meth:`rl_step`); the run loop, the
+    checkpoint/resume/reference handling and the policy update come from the mixins.
+    """
+
     def __init__(self, cfg: Config, run_dir: str | Path, callbacks: list[Callback] | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -225,113 +200,6 @@ class Trainer:
     @property
     def total_steps(self) -> int:
         return self.cfg.warmup.steps + self.cfg.train.steps
-
-    def _generators(self) -> dict[str, torch.Generator]:
-        """This rank's generators under their checkpoint names (rank r > 0: sampler_rank<r>)."""
-        r = ddp.rank()
-        return {"sampler" if r == 0 else f"sampler_rank{r}": self.sampler}
-
-    def _all_generators(self) -> dict[str, torch.Generator]:
-        """Every rank's generators, for rank 0 to write (one process: its own)."""
-        states = ddp.all_gather_objects(self.sampler.get_state())
-        out = {"sampler": self.sampler}
-        for r, st in enumerate(states[1:], start=1):
-            out[f"sampler_rank{r}"] = torch.Generator(self.sampler.device).set_state(st)
-        return out
-
-    def component_states(self) -> dict[str, Any]:
-        return {
-            "curriculum": self.curriculum.state_dict(),
-            "balancer": self.balancer.state_dict(),
-            "stability": self.stability.state_dict(),
-            "kl_controller": self.kl_ctl.state_dict() if self.kl_ctl else None,
-            "demo_rng": ckpt.rng_to_json(self.demo_rng),
-        }
-
-    # ------------------------------------------------------------------ resume / save
-    def resume(self) -> bool:
-        """Restore the newest complete checkpoint in the run directory, if any."""
-        path = ckpt.latest_checkpoint(self.run_dir)
-        if path is None:
-            return False
-        state = ckpt.load_checkpoint(path, self.model, self._generators())
-        comps = state["components"]
-        self.curriculum.load_state_dict(comps["curriculum"])
-        self.balancer.load_state_dict(comps["balancer"])
-        self.stability.load_state_dict(comps["stability"])
-        if self.kl_ctl is not None and comps.get("kl_controller"):
-            self.kl_ctl.load_state_dict(comps["kl_controller"])
-        self.demo_rng.setstate(ckpt.rng_from_json(comps["demo_rng"]))
-        self.state = TrainerState(**state["trainer"])
-        self.optimizer = self._make_optimizer(self.phase)
-        ckpt.load_optimizer(path, self.optimizer)
-        self._restore_reference()
-        return True
-
-    # ------------------------------------------------------------------ reference (KL, DPO)
-    def _start_reference(self) -> None:
-        """After a warm-up, the reference becomes the policy RL starts from (kept on disk)."""
-        if self.reference is None:
-            return
-        from safetensors.torch import save_model
-
-        self.reference.load_state_dict(self.model.state_dict())
-        whole = fsdp.full_state_dict(self.reference) if ddp.sharded() else None
-        if ddp.is_main():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.run_dir / f".tmp-{REFERENCE_FILE}"
-            if whole is None:
-                save_model(self.reference, str(tmp))
-            else:
-                ckpt.save_state(whole, tmp)
-            os.replace(tmp, self.run_dir / REFERENCE_FILE)
-        ddp.barrier()
-
-    def _restore_reference(self) -> None:
-        """On resume into RL after a warm-up: the reference saved when RL started."""
-        if self.reference is None or not self.cfg.warmup.steps or self.phase != "rl":
-            return
-        path = self.run_dir / REFERENCE_FILE
-        if path.is_file():
-            from safetensors.torch import load_model
-
-            if ddp.sharded():
-                fsdp.load_full_state_dict(self.reference, ckpt.load_file(path))
-            else:
-                load_model(self.reference, str(path), strict=False)
-            return
-        if self.state.rl_step:
-            warnings.warn(
-                f"{path} is missing (no reference was needed when RL started): the KL/DPO "
-                "reference is the resumed policy, not the one RL started from",
-                stacklevel=2,
-            )
-        self._start_reference()  # resumed at the warm-up/RL boundary: the same weights
-
-    def save(self) -> Path:
-        """Rank 0 writes the checkpoint (with every rank's sampler); the others wait for it."""
-        generators = self._all_generators()
-        path = self.run_dir / ckpt.CKPT_DIR / f"step_{self.state.global_step}"
-        whole = {}  # sharded layers: every rank takes part in gathering the whole tensors
-        if ddp.sharded():
-            whole = {
-                "model_state": fsdp.full_state_dict(self.model),
-                "optimizer_state": fsdp.full_optimizer_state(self.optimizer),
-            }
-        if ddp.is_main():
-            path = ckpt.save_checkpoint(
-                self.run_dir,
-                self.state.global_step,
-                self.model,
-                self.tokenizer,
-                self.optimizer,
-                {"trainer": asdict(self.state), "components": self.component_states()},
-                generators,
-                keep=self.cfg.train.keep_checkpoints,
-                **whole,
-            )
-        ddp.barrier()
-        return path
 
     # ------------------------------------------------------------------ batches
     def make_batch(self, prompts: list[str], completions: list[str]) -> Rollout:
@@ -586,206 +454,6 @@ class Trainer:
         self.should_stop = True
         self.state.stop_reason = reason
 
-    def _rollback(self, reason: str) -> int | None:
-        """Restore weights, optimizer and components from the newest checkpoint.
-
-        Step counters, the stability manager and the samplers keep going, and the curriculum
-        reshuffles: the run continues from the last good weights with different data.
-        Returns the checkpoint's step, or ``None`` (nothing to roll back to: a skip).
-        """
-        path = ckpt.latest_checkpoint(self.run_dir)
-        if path is None:
-            return None
-        ckpt.load_weights(path, self.model)  # full weights, or the LoRA adapter
-        ckpt.load_optimizer(path, self.optimizer)
-        comps = ckpt.read_trainer_state(path)["components"]
-        self.curriculum.load_state_dict(comps["curriculum"])
-        self.balancer.load_state_dict(comps["balancer"])
-        reshuffle = getattr(self.curriculum, "reshuffle", None)
-        if reshuffle is not None:
-            reshuffle(self.stability.rollbacks + 1)
-        self.stability.on_rollback()  # counts; raises StabilityError past max_rollbacks
-        return int(path.name.split("_", 1)[1])
-
-    def _kl_shaped_reward(
-        self, batch: Rollout, reward: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
-        """``(reward - kl_coef * sum_t k(pi, ref), ref logprobs, metrics)`` with kl_in=reward.
-
-        Otherwise the reward itself, ``None``, ``{}``. The sum runs over each completion's
-        tokens with ``loss.kl_estimator`` (k1 unless set). The reference log-probs are returned
-        so the policy update does not compute them again.
-        """
-        lc = self.cfg.loss
-        if lc.kl_in != "reward" or lc.kl_coef == 0 or self.reference is None:
-            return reward, None, {}
-        plan = self._micro_batches(batch.completion_ids.shape[0])
-        lp = self._logprobs_no_grad(self.model, batch, plan)
-        ref_lp = self._logprobs_no_grad(self.reference, batch, plan)
-        kl = (kl_estimate(lp, ref_lp, lc.kl_estimator) * batch.completion_mask).sum(-1)
-        kl = kl.to(reward.device, reward.dtype)
-        return reward - lc.kl_coef * kl, ref_lp, {"train/kl_reward": float(kl.mean())}
-
-    def _micro_batches(self, n: int) -> list[torch.Tensor]:
-        """Row indices of each micro-batch; whole groups when auxiliary terms need them."""
-        mbs = self.cfg.loss.micro_batch_size
-        if self.aux_terms:
-            g = self.cfg.rollout.group_size
-            mbs = max(1, mbs // g) * g
-        return [torch.arange(i, min(i + mbs, n)) for i in range(0, n, mbs)]
-
-    @torch.no_grad()
-    def _logprobs_no_grad(
-        self, model: torch.nn.Module, batch: Rollout, plan: list[torch.Tensor]
-    ) -> torch.Tensor:
-        with reference_view(model) as m:  # a frozen copy, or the LoRA policy, adapters off
-            return torch.cat([completion_logprobs(m, batch.index(idx))[0] for idx in plan])
-
-    def _rebalance(self, batch, adv, ref_lp, reward, kept):
-        """Under torchrun: the kept groups of all ranks in equal shares (``filters.rebalance``)."""
-        G, pad = self.cfg.rollout.group_size, self.tokenizer.pad_token_id
-        return rebalance(batch, adv, ref_lp, reward, kept, G, pad, self.device)
-
-    def _aux_batch(self, reward: torch.Tensor, prompts: list[Prompt]) -> AuxBatch | None:
-        """Data of the ``loss.aux`` terms for the kept groups (``losses.aux_batch``)."""
-        G = self.cfg.rollout.group_size
-        return build_aux_batch(self.aux_terms, reward, prompts, G, self.make_batch)
-
-    def _policy_update(
-        self,
-        batch: Rollout,
-        adv: torch.Tensor,
-        ref_lp: torch.Tensor | None = None,
-        aux: AuxBatch | None = None,
-        step: int = 0,
-        lr: float = 0.0,
-        reward: torch.Tensor | None = None,
-    ) -> dict[str, Any]:
-        """Micro-batched loss terms, one optimizer step per epoch over the batch.
-
-        Every micro-batch hands the balancer ``{"policy": loss, <aux name>: coef * term}``;
-        all denominators count the whole batch, so the micro-batch gradients add up to the
-        full-batch gradient.
-        """
-        lc = self.cfg.loss
-        self.model.train()
-        plan = self._micro_batches(batch.completion_ids.shape[0])
-        mask = batch.completion_mask.float()
-        # denominators over the global batch (summed over ranks under torchrun)
-        lm = loss_mask(mask, batch.truncated, lc.mask_truncated)
-        tokens, seqs, all_tokens = ddp.all_sum(
-            [float(lm.sum()), float((lm.sum(-1) > 0).sum()), float(mask.sum())]
-        )
-        total_tokens, total_seqs = max(tokens, 1.0), max(seqs, 1.0)
-        # importance ratios of later epochs are against the policy that sampled the batch
-        old_lp = self._logprobs_no_grad(self.model, batch, plan) if lc.epochs > 1 else None
-        if ref_lp is None and self.reference is not None:
-            ref_lp = self._logprobs_no_grad(self.reference, batch, plan)
-        out: dict[str, Any] = {}
-        for _ in range(lc.epochs):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.balancer.begin_step(step)
-            try:
-                sums, term_values = self._accumulate(
-                    plan, batch, adv, old_lp, ref_lp, aux, (total_tokens, total_seqs, all_tokens)
-                )
-            except BaseException:
-                self.balancer.abort_step()
-                raise
-            # under torchrun: each rank holds a share of the terms and of the gradient
-            term_values, sums = ddp.sum_dicts(term_values), ddp.sum_dicts(sums)
-            loss_sum = sum(term_values.values())
-            # balancer: aggregate per-objective gradients (gradient-level balancers), weights
-            weights = self.balancer.end_step()
-            ddp.all_reduce_grads(self.model.parameters())  # sum over ranks (no-op alone)
-            # stability: clip, then judge the update (non-finite, spikes, guards)
-            clip = self.stability.clip(self.model.parameters())
-            known = {f"train/{k}": v for k, v in sums.items()}
-            if reward is not None and bool((~reward.isnan()).any()):
-                known["train/reward"] = float(reward[~reward.isnan()].mean())
-            decision = self.stability.check_update(
-                loss_sum,
-                clip.pre_norm,
-                known,
-                step=step,
-                terms=term_values,
-                named_params=self.model.named_parameters(),
-            )
-            out = {"train/loss": loss_sum, "stability/action": decision.action}
-            out.update(clip.metrics())
-            out.update(known)
-            out.update({f"balancer/{k}": v for k, v in weights.items()})
-            if hasattr(self.balancer, "conflicts"):  # gradient-level: cosines between terms
-                out.update({f"balancer/{k}": v for k, v in self.balancer.conflicts().items()})
-            if decision.action == "apply":
-                self._set_lr(step, lr_scale=decision.lr_scale)
-                self.optimizer.step()
-                # free the gradients now: kept, they would sit through the next generation
-                self.optimizer.zero_grad(set_to_none=True)
-                continue
-            self.optimizer.zero_grad(set_to_none=True)
-            if decision.action == "rollback":
-                out["stability/rolled_back_to"] = self._rollback(decision.reason)
-            elif decision.action == "stop":
-                self._request_stop(decision.reason)
-            break  # a skipped, rolled-back or stopping update ends this batch's epochs
-        return out
-
-    def _accumulate(
-        self,
-        plan: list[torch.Tensor],
-        batch: Rollout,
-        adv: torch.Tensor,
-        old_lp: torch.Tensor | None,
-        ref_lp: torch.Tensor | None,
-        aux: AuxBatch | None,
-        denominators: tuple[float, float, float],
-    ) -> tuple[dict[str, float], dict[str, float]]:
-        """Loss terms of every micro-batch, each handed to the balancer (which does backward).
-
-        ``denominators``: the whole batch's (loss tokens, loss sequences, completion tokens).
-        Returns ``(sums, term_values)``: the loss metrics and each term's value, over the step.
-        """
-        cfg, lc, G = self.cfg, self.cfg.loss, self.cfg.rollout.group_size
-        total_tokens, total_seqs, all_tokens = denominators
-        sums: dict[str, float] = {}
-        term_values: dict[str, float] = {}
-        # one plain backward per micro-batch (loss-level balancers): the LM head adds its
-        # weight gradient into .grad in place (no second head-sized gradient at the peak)
-        plain = type(self.balancer).combine is Balancer.combine
-        with head_grad_into_param(plain):
-            for idx in plan:
-                mb = batch.index(idx)
-                lp, ent = completion_logprobs(
-                    self.model, mb, with_entropy=True, entropy_grad=lc.entropy_coef > 0
-                )
-                inputs = LossInputs(
-                    logprobs=lp,
-                    old_logprobs=lp.detach() if old_lp is None else old_lp[idx],
-                    advantages=adv[idx],
-                    mask=mb.completion_mask.float(),
-                    total_tokens=total_tokens,
-                    total_sequences=total_seqs,
-                    ref_logprobs=None if ref_lp is None else ref_lp[idx],
-                    entropy=ent,
-                    max_len=float(cfg.rollout.max_new_tokens),
-                    truncated=mb.truncated,
-                )
-                loss, metrics = self.loss(inputs)
-                terms = {"policy": loss}
-                for term in self.aux_terms:
-                    value, term_metrics = aux_term_value(term, self.model, idx, inputs, aux, G)
-                    terms[term.name] = term.coef * value
-                    metrics.update({f"{term.name}/{k}": v for k, v in term_metrics.items()})
-                self.balancer.tap(lp, ent)  # per-token tensors: per-term gradients in one pass
-                self.balancer.combine(terms, self.model.parameters())
-                for k, v in terms.items():
-                    term_values[k] = term_values.get(k, 0.0) + float(v.detach())
-                metrics["entropy"] = (ent.detach() * inputs.mask).sum() / all_tokens
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-        return sums, term_values
-
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -807,148 +475,6 @@ class Trainer:
             kernels=self.sampler_kernels,
             chat_template=cfg.model.chat_template,
         )
-
-    # ------------------------------------------------------------------ the run
-    def train(self) -> dict[str, Any]:
-        cfg = self.cfg
-        main = ddp.is_main()  # under torchrun rank 0 alone writes the run directory
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-            # which parameters get aggregated gradients and which the plain weighted sum
-            (self.run_dir / "balancer.json").write_text(
-                json.dumps(self.balancer.describe(), indent=1, default=str)
-            )
-        ddp.barrier()
-        resumed = self.resume()
-        logger = (MetricLogger if main else _NullLogger)(
-            self.run_dir,
-            cfg.logging,
-            cfg.model_dump(mode="json"),
-            resume_step=self.state.global_step if resumed else None,
-        )
-        start = time.perf_counter() - self.state.wall_seconds
-        for cb in self.callbacks:
-            cb.on_train_start(self)
-        progress = ConsoleProgress(enabled=cfg.logging.progress and main)
-        try:
-            with progress:
-                self._loop(logger, progress, start)
-        finally:
-            logger.close()
-        for cb in self.callbacks:
-            cb.on_train_end(self)
-        return self.summary()
-
-    def _loop(self, logger: MetricLogger, progress: ConsoleProgress, start: float) -> None:
-        cfg = self.cfg
-        if self.phase == "warmup":
-            progress.set_phase("warm-up (SFT)", cfg.warmup.steps)
-            progress.update(advance=self.state.warmup_step)
-        while self.state.warmup_step < cfg.warmup.steps and not self._stop():
-            m = self.warmup_step()
-            if self.state.warmup_step == cfg.warmup.steps:  # evaluate before the boundary save
-                self.state.warmup_eval = self._eval_and_log(
-                    logger, "warmup", step=self.state.global_step + 1
-                )
-            self._after_step(logger, m, start)
-            progress.update(loss=m["warmup/loss"])
-        if self._stop():
-            return
-        stopped = self.state.stop_reason is not None  # a monitor ended it: finished, even resumed
-        if self.state.rl_step < cfg.train.steps and not stopped:
-            self.state.final_eval = None  # a resumed run asked for more RL steps
-        progress.set_phase("GRPO", cfg.train.steps)
-        progress.update(advance=self.state.rl_step)
-        while self.state.rl_step < cfg.train.steps and not stopped and not self._stop():
-            m = self.rl_step()
-            if (
-                cfg.train.eval_every
-                and self.state.rl_step % cfg.train.eval_every == 0
-                and self.state.rl_step < cfg.train.steps
-            ):
-                # rl_step has advanced but global_step not yet (_after_step below)
-                acc = self._eval_and_log(logger, "rl", step=self.state.global_step + 1)
-                m.update({f"eval/accuracy/level_{k}": v for k, v in acc.items()})
-            self._after_step(logger, m, start)
-            progress.update(reward=m["train/reward"])
-        if self._stop() and self.state.stop_reason is None:
-            return  # stop_after or a callback: as if killed, resumable
-        if self.state.final_eval is None:
-            self.state.final_eval = self._eval_and_log(logger, "final")
-            self.state.wall_seconds = time.perf_counter() - start
-            self.save()
-        if not ddp.is_main():
-            return
-        self._write_summary()
-        if cfg.logging.report:
-            from steerl.report import build_report
-
-            build_report(self.run_dir)
-
-    def _stop(self) -> bool:
-        sa = self.cfg.train.stop_after
-        return self.should_stop or (sa is not None and self.state.global_step >= sa)
-
-    def _eval_and_log(
-        self, logger: MetricLogger, tag: str, step: int | None = None
-    ) -> dict[str, float]:
-        step = self.state.global_step if step is None else step
-        acc = self.evaluate()
-        self.state.evals.append({"step": step, "tag": tag, "accuracy": acc})
-        named = {f"eval/accuracy/level_{k}": v for k, v in acc.items()}
-        logger.log(step, named | {"eval/tag": tag})
-        for cb in self.callbacks:
-            cb.on_evaluate(self, step, acc)
-        if tag == "rl" and self.stability.observe_eval(named, step):
-            self._request_stop(self.stability.stop_reason or "early stopping")
-        return acc
-
-    def _after_step(self, logger: MetricLogger, m: dict[str, Any], start: float) -> None:
-        self.state.global_step += 1
-        step = self.state.global_step
-        self.state.wall_seconds = time.perf_counter() - start
-        logger.log(step, m)
-        if getattr(self, "_samples", None):
-            logger.log_samples(step, self._samples)
-            self._samples = None
-        for cb in self.callbacks:
-            cb.on_step_end(self, step, m)
-        self.should_stop = ddp.any_rank(self.should_stop)  # a stop on one rank stops all
-        se = self.cfg.train.save_every
-        boundary = self.state.warmup_step == self.cfg.warmup.steps and self.state.rl_step == 0
-        if (se and step % se == 0) or boundary:
-            self.save()
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "recipe": self.cfg.recipe,
-            "run_dir": str(self.run_dir),
-            "wall_seconds": round(self.state.wall_seconds, 2),
-            "steps": self.state.global_step,
-            "warmup_steps": self.state.warmup_step,
-            "rl_steps": self.state.rl_step,
-            "warmup": self.state.warmup_eval,
-            "final": self.state.final_eval,
-            "completed": self.state.final_eval is not None,
-            "stop_reason": self.state.stop_reason,
-            "stability": self.stability.health(),
-            "generate_tokens_per_s": round(
-                self.state.generated_tokens / max(self.state.generate_seconds, 1e-9), 1
-            ),
-        }
-
-    def _write_summary(self) -> None:
-        (self.run_dir / "summary.json").write_text(json.dumps(self.summary(), indent=1))
-
-
-class _NullLogger:
-    """The metric sinks of ranks other than 0 under torchrun: nothing is written."""
-
-    def __init__(self, *args: Any, **kwargs: Any): ...
-    def log(self, step: int, metrics: dict[str, Any]) -> None: ...
-    def log_samples(self, step: int, samples: Any) -> None: ...
-    def close(self) -> None: ...
 
 
 def _f(x: torch.Tensor) -> float | None:
