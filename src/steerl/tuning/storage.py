@@ -36,13 +36,16 @@ def rdb_storage(url: str, heartbeat_s: int, max_retry: int) -> Any:
     last: Exception | None = None
     for attempt in range(6):
         try:
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 heartbeat_interval=heartbeat_s,
                 grace_period=2 * heartbeat_s,
                 heartbeat_stale_trial_callback=retry,
                 **kwargs,
             )
+            if url.startswith("sqlite"):
+                serialize_sqlite(storage.engine)
+            return storage
         except SQLAlchemyError as e:
             last = e
             time.sleep(0.5 * (attempt + 1))
@@ -51,6 +54,29 @@ def rdb_storage(url: str, heartbeat_s: int, max_retry: int) -> Any:
                 f"cannot open {url!r}: {e} (for PostgreSQL: pip install 'steerl[postgres]')"
             ) from None
     raise StorageError(f"cannot open the study storage {url!r}: {last}")
+
+
+def serialize_sqlite(engine: Any) -> None:
+    """Make every transaction on this SQLite engine take the write lock when it begins.
+
+    Optuna hands a queued (WAITING) trial to a worker by reading its state and setting it
+    RUNNING in one session, with ``SELECT ... FOR UPDATE``, which SQLite ignores; and Python's
+    sqlite3 starts no transaction before that read. Two workers could both read WAITING and
+    both run the same trial (seen in CI: two processes training into one trial directory).
+    ``BEGIN IMMEDIATE`` (SQLAlchemy's recipe for pysqlite) makes such read-then-write sessions
+    one at a time; the sessions are short, and the 120 s busy timeout covers the waits.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" below starts them
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # pooled connections opened before the listeners are dropped
 
 
 class Surplus(Exception):
