@@ -17,6 +17,8 @@ another seed (``--noise``) shows how far two runs that should agree drift apart 
     python benchmarks/ddp_step.py --gpus 2 --no-noise \
         --run "2 GPUs, FSDP=2,train.distributed=fsdp" --run "1 GPU=1,prompts=32" \
         --run "2 GPUs=2,prompts=32"                        # further configurations
+    python benchmarks/ddp_step.py --shape qwen7b --no-noise \
+        --run "2 GPUs, FSDP=2,train.distributed=fsdp"     # a model one card cannot train
 
 Speed-up: completion tokens/s over the 1-GPU run at the same global batch (strong scaling);
 a run at another global batch with no 1-GPU run of its own is compared with the first one.
@@ -64,48 +66,63 @@ def worker(args) -> None:
     cfg = load_config("default", overrides)
     cuda = args.device == "cuda"
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, run_dir)
-        rows = []
-        for i in range(args.warmup + args.steps):
-            if cuda:
-                torch.cuda.synchronize()
-                if i == args.warmup:
-                    torch.cuda.reset_peak_memory_stats()
-            ddp.barrier()
-            t0 = time.perf_counter()
-            if args.anomaly:  # where the first non-finite gradient comes from (slow)
-                with torch.autograd.detect_anomaly(check_nan=True):
-                    try:
-                        m = trainer.rl_step()
-                    except RuntimeError as e:
-                        import traceback
-
-                        print(f"anomaly at step {i + 1}:\n{traceback.format_exc()}", flush=True)
-                        raise SystemExit(3) from e
-            else:
-                m = trainer.rl_step()
-            if cuda:
-                torch.cuda.synchronize()
-            ddp.barrier()
-            rows.append(
-                {
-                    "step_s": time.perf_counter() - t0,
-                    "timed": i >= args.warmup,
-                    "reward": m["train/reward"],
-                    "loss": m.get("train/loss", float("nan")),
-                    "grad_norm": m.get("train/grad_norm", float("nan")),
-                    "generate_s": m["time/generate_s"],
-                    "update_s": m["time/update_s"],
-                    "tokens": m["train/completion_length"] * args.prompts * args.group,
-                    "action": m.get("stability/action"),
-                }
-            )
+        rows: list[dict] = []
+        try:
+            trainer = Trainer(cfg, run_dir)
+            steps(args, trainer, rows, cuda)
+        except torch.OutOfMemoryError as e:  # a configuration that does not fit is a result
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            print(f"rank {ddp.rank()}: out of memory after {len(rows)} steps: {e}", flush=True)
+            if ddp.is_main():
+                out = {"world": ddp.world_size(), "seed": args.seed, "rows": rows,
+                       "peak_gib": [peak], "oom": str(e)[:300]}  # fmt: skip
+                Path(args.json).write_text(json.dumps(out))
+            sys.stdout.flush()
+            os._exit(1)  # the other ranks may wait in a collective: torchrun ends them
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         peaks = ddp.all_gather_objects(peak)
         if ddp.is_main():
             out = {"world": ddp.world_size(), "seed": args.seed, "rows": rows, "peak_gib": peaks}
             Path(args.json).write_text(json.dumps(out))
     ddp.shutdown()
+
+
+def steps(args, trainer, rows: list[dict], cuda: bool) -> None:
+    """The warm-up and timed RL steps of one configuration, one row each into ``rows``."""
+    for i in range(args.warmup + args.steps):
+        if cuda:
+            torch.cuda.synchronize()
+            if i == args.warmup:
+                torch.cuda.reset_peak_memory_stats()
+        ddp.barrier()
+        t0 = time.perf_counter()
+        if args.anomaly:  # where the first non-finite gradient comes from (slow)
+            with torch.autograd.detect_anomaly(check_nan=True):
+                try:
+                    m = trainer.rl_step()
+                except RuntimeError as e:
+                    import traceback
+
+                    print(f"anomaly at step {i + 1}:\n{traceback.format_exc()}", flush=True)
+                    raise SystemExit(3) from e
+        else:
+            m = trainer.rl_step()
+        if cuda:
+            torch.cuda.synchronize()
+        ddp.barrier()
+        rows.append(
+            {
+                "step_s": time.perf_counter() - t0,
+                "timed": i >= args.warmup,
+                "reward": m["train/reward"],
+                "loss": m.get("train/loss", float("nan")),
+                "grad_norm": m.get("train/grad_norm", float("nan")),
+                "generate_s": m["time/generate_s"],
+                "update_s": m["time/update_s"],
+                "tokens": m["train/completion_length"] * args.prompts * args.group,
+                "action": m.get("stability/action"),
+            }
+        )
 
 
 def launch(args, anchor: Path, n: int, seed: int, out: Path, run: dict | None = None) -> dict:
@@ -128,9 +145,15 @@ def launch(args, anchor: Path, n: int, seed: int, out: Path, run: dict | None = 
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="4")
     t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, timeout=args.timeout)
-    print(f"{n} process(es), seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
-    return json.loads(out.read_text()) | {"prompts": shared["prompts"], "set": run.get("set", [])}
+    rc = subprocess.run(cmd, env=env, timeout=args.timeout).returncode
+    print(f"{n} process(es), seed {seed}: {time.perf_counter() - t0:.0f}s, exit {rc}", flush=True)
+    if out.is_file():
+        found = json.loads(out.read_text())
+    elif rc:  # failed before writing anything: the table says so, the other runs go on
+        found = {"world": n, "seed": seed, "rows": [], "peak_gib": [float("nan")], "failed": rc}
+    else:
+        raise RuntimeError(f"{n} process(es) exited 0 without writing {out}")
+    return found | {"prompts": shared["prompts"], "set": run.get("set", [])}
 
 
 def parse_run(spec: str) -> tuple[str, int, dict]:
@@ -166,10 +189,15 @@ def table(runs: list[tuple[str, dict]], card: str, args) -> str:
     base: dict[int, float] = {}  # tokens/s of the first 1-GPU run at each global batch
     for name, r in runs:
         timed = [x for x in r["rows"] if x["timed"]]
+        p = r.get("prompts", args.prompts)
+        if not timed:  # did not fit, or failed
+            why = "out of memory" if "oom" in r else f"failed (exit {r.get('failed', '?')})"
+            peak = max(r["peak_gib"])
+            lines.append(f"| {name} | {r['world']} | {p} | {why} |  |  |  |  |  |  | {peak:.2f} |")
+            continue
         ts = [x["step_s"] for x in timed]
         med = statistics.median(ts)
         tps = statistics.median(x["tokens"] for x in timed) / med
-        p = r.get("prompts", args.prompts)
         if r["world"] == 1:
             base.setdefault(p, tps)
         ref = base.get(p) or next(iter(base.values()), tps)
@@ -184,6 +212,9 @@ def table(runs: list[tuple[str, dict]], card: str, args) -> str:
         "(speed-up: completion tokens/s over the first 1-GPU run at the same global batch, "
         "else over the first 1-GPU run)"
     )
+    runs = [(n, r) for n, r in runs if r["rows"]]
+    if not runs:
+        return "\n".join(lines)
     lines += ["", "per step (all steps, warm-up included):", ""]
     names = [n for n, _ in runs]
     lines.append(
@@ -216,6 +247,13 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="small shapes (CPU smoke test)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--gpus", type=int, default=2, help="ranks of the data-parallel run")
+    ap.add_argument(
+        "--shape",
+        choices=["qwen0.5b", "qwen7b"],
+        default="qwen0.5b",
+        help="the random model's shape (qwen7b: training state too big for one card, for "
+        "train.distributed=fsdp; a run that does not fit reports out of memory)",
+    )
     ap.add_argument("--steps", type=int, default=10, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--prompts", type=int, default=16, help="global prompts per step")
@@ -259,7 +297,12 @@ def main() -> None:
         plan += [("1 GPU, seed 1", 1, 1, {})] if args.noise else []
         plan += [(label, n, 0, run) for label, n, run in map(parse_run, args.run)]
         most = max(args.prompts, *[r.get("prompts", 0) for *_, r in plan])
-        anchor = gpu_step.save_anchor(args.tiny, tmp, most * 4, args.prompt_len)
+        shape = None if args.tiny else args.shape
+        anchor = gpu_step.save_anchor(
+            args.tiny, tmp, most * 4, args.prompt_len, shape=shape, device=args.device
+        )
+        if args.device == "cuda":
+            torch.cuda.empty_cache()  # the model was built here (7B: on the GPU) and saved
         runs = []
         for i, (name, n, seed, run) in enumerate(plan):
             out = tmp / f"{i}-{n}-{seed}.json"

@@ -64,6 +64,16 @@ QWEN05_SHAPE = dict(
     num_attention_heads=14,
     num_key_value_heads=2,
 )
+#: Qwen2.5-7B's shape (untied embeddings), for data-parallel runs of a model whose training
+#: state does not fit one card (``ddp_step.py --shape qwen7b``).
+QWEN7B_SHAPE = dict(
+    vocab_size=152064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+)
 #: ``--tiny``: the same architecture at CPU size.
 TINY_SHAPE = dict(
     vocab_size=512,
@@ -75,20 +85,43 @@ TINY_SHAPE = dict(
 )
 
 
-def build_model(tiny: bool):
-    """The random anchor model (float32, seed 0): Qwen2.5-0.5B-shaped, or small with ``tiny``."""
+#: Model shapes by name (``tiny`` is the ``--tiny`` one).
+SHAPES = {"tiny": TINY_SHAPE, "qwen0.5b": QWEN05_SHAPE, "qwen7b": QWEN7B_SHAPE}
+
+
+def build_model(tiny: bool, shape: str | None = None, device: str = "cpu"):
+    """The random anchor model (seed 0): Qwen2.5-0.5B-shaped, small with ``tiny``, or the
+    named ``shape``. Float32 on the CPU; a 7B shape is built in bf16 on ``device`` (its
+    float32 copy would need 30 GB of host memory)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    shape = TINY_SHAPE if tiny else QWEN05_SHAPE
-    conf = Qwen2Config(**shape, max_position_embeddings=4096, tie_word_embeddings=True)
+    name = shape or ("tiny" if tiny else "qwen0.5b")
+    conf = Qwen2Config(
+        **SHAPES[name], max_position_embeddings=4096, tie_word_embeddings=name != "qwen7b"
+    )
     torch.manual_seed(0)
-    return Qwen2ForCausalLM(conf)
+    if name != "qwen7b":
+        return Qwen2ForCausalLM(conf)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            return Qwen2ForCausalLM(conf)
+    finally:
+        torch.set_default_dtype(before)
 
 
-def save_anchor(tiny: bool, out: Path, n_prompts: int, prompt_len: int) -> Path:
+def save_anchor(
+    tiny: bool,
+    out: Path,
+    n_prompts: int,
+    prompt_len: int,
+    shape: str | None = None,
+    device: str = "cpu",
+) -> Path:
     """The random model + a character tokenizer in ``out/model``; prompts in ``out/p.jsonl``."""
     tok = build_char_tokenizer(ALPHABET)
-    model = build_model(tiny)
+    model = build_model(tiny, shape, device)
     model.config.pad_token_id = tok.pad_token_id
     model.config.bos_token_id = tok.bos_token_id
     model.config.eos_token_id = tok.eos_token_id
@@ -96,6 +129,7 @@ def save_anchor(tiny: bool, out: Path, n_prompts: int, prompt_len: int) -> Path:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.to(torch.bfloat16).save_pretrained(out / "model")
     tok.save_pretrained(out / "model")
+    del model
     g = torch.Generator().manual_seed(1)
     with open(out / "p.jsonl", "w") as f:
         for _ in range(n_prompts):
