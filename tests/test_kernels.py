@@ -193,6 +193,16 @@ def test_compiled_layers_with_the_mlp_kernel_match_the_eager_ones():
         _run(model, True, mlp="cuda")
 
 
+def test_mlp_kernel_serves_one_row_tile_only():
+    """Past K.GATE_UP_MAX_ROWS rows the kernel would stream the weights once per row tile:
+    the sampler keeps cuBLAS there."""
+    model = _qwen()
+    kw = dict(eos_token_id=2, pad_token_id=0, temperature=1.0, top_p=1.0, greedy=True,
+              generator=None, use_graph=False, mlp="triton")  # fmt: skip
+    assert StaticSampler(model, K.GATE_UP_MAX_ROWS, 64, 2, **kw).mlp == "triton"
+    assert StaticSampler(model, K.GATE_UP_MAX_ROWS + 1, 64, 2, **kw).mlp == "torch"
+
+
 # --------------------------------------------------------------------------- the key
 def test_resolve_kernels(monkeypatch):
     model = _qwen()

@@ -303,6 +303,10 @@ GATE_UP_BLOCK_N = 64
 GATE_UP_BLOCK_K = 128
 GATE_UP_STAGES = 3
 GATE_UP_WARPS = 4
+#: Rows up to which the sampler uses :func:`gate_up_silu` (one row tile: the weights stream
+#: once). More rows re-read the weights once per 64-row tile, where cuBLAS's products, no
+#: longer bound by the weight reads, are the better choice (not measured above 64 rows).
+GATE_UP_MAX_ROWS = 64
 
 
 def gate_up_silu(

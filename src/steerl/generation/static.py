@@ -155,7 +155,10 @@ class StaticSampler:
                 f"{ATTENTION} / {PICK} / {MLP}"
             )
         self.attention = attention
-        self.mlp = mlp if silu_mlp else "torch"  # the kernel computes the SiLU gating only
+        from steerl.generation.kernels import GATE_UP_MAX_ROWS
+
+        # the kernel computes the SiLU gating only, for one tile of rows
+        self.mlp = mlp if silu_mlp and n <= GATE_UP_MAX_ROWS else "torch"
         # sampling: plain top-p sorts the vocabulary, which stays on tensor ops
         self.pick = pick if top_p >= 1 else "torch"
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -204,7 +207,8 @@ class StaticSampler:
 
     def _gate_up(self, x: torch.Tensor, mlp: torch.nn.Module, decode: bool = True):
         """``act(gate(x)) * up(x)`` of one layer's MLP; x (N, q, H) -> (N, q, I). The kernel
-        serves decode steps (few rows); the prefill's many rows stay with cuBLAS."""
+        serves decode steps of up to ``GATE_UP_MAX_ROWS`` rows; the prefill's and larger
+        batches' rows stay with cuBLAS."""
         if self.mlp == "triton" and decode:
             from steerl.generation.kernels import gate_up_silu
 
