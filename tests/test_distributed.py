@@ -212,3 +212,31 @@ def test_fsdp_refuses_what_reads_whole_layers():
     assert "rollout.backend" not in text
     assert ddp.check_config(load_config("tiny", ["train.distributed=fsdp"]), 2) == []
     assert ddp.check_config(cfg, 1) == []  # one process: nothing is sharded
+
+
+def test_rollout_weights_copy_the_layers_and_share_the_rest(tiny_model_config):
+    """The FSDP rollout copy: decoder layers copied (frozen), embeddings/norm/head the
+    policy's own tensors (nothing extra to hold or refresh); refresh brings the layers up to
+    date in place (the same tensors, so a captured CUDA graph stays valid)."""
+    from steerl import fsdp
+    from steerl.models import load_policy
+
+    policy = load_policy(tiny_model_config()).model
+    rw = fsdp.RolloutWeights(policy)
+    emb, layer = policy.model.embed_tokens.weight, policy.model.layers[0].mlp.up_proj.weight
+    copy_layer = rw.model.model.layers[0].mlp.up_proj.weight
+    assert rw.model.model.embed_tokens.weight is emb and rw.model.model.norm.weight is (
+        policy.model.norm.weight
+    )
+    assert copy_layer is not layer and not copy_layer.requires_grad
+    assert emb.requires_grad and layer.requires_grad and policy.training  # policy untouched
+    assert not rw.model.training
+    with torch.no_grad():
+        layer.add_(1.0)
+    assert not torch.equal(copy_layer, layer)
+    assert rw.refresh(policy) is rw.model
+    assert torch.equal(rw.model.model.layers[0].mlp.up_proj.weight, layer)
+    assert rw.model.model.layers[0].mlp.up_proj.weight is copy_layer  # in place
+    copied = sum(p.numel() for p in rw.model.parameters() if not p.requires_grad)
+    layers = sum(p.numel() for p in policy.model.layers.parameters())
+    assert copied == layers

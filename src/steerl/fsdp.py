@@ -10,8 +10,9 @@ parameters arrive reduce-scattered as sums, norms count each shard once
 :func:`steerl.distributed.sharded`.
 
 The static sampler reads whole layers and captures their addresses in a CUDA graph, so under
-sharding it runs on :class:`RolloutWeights`: a whole copy of the policy taken before sharding
-and refreshed in place (every sharded parameter gathered, one at a time) before each rollout.
+sharding it runs on :class:`RolloutWeights`: a whole copy of the policy (its decoder layers
+copied, the rest shared) taken before sharding and refreshed in place (every sharded
+parameter gathered, one at a time) before each rollout.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules :func:`shard_layers` shards: those of the model's ``_no_split_modules``
+    classes (its decoder layers)."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
 def shard_layers(model: torch.nn.Module) -> int:
     """FSDP2 over every decoder layer of ``model`` (``fully_shard`` per layer), summing the
     gradients over ranks as :func:`all_reduce_grads` does. The rest (embeddings, final norm,
@@ -43,8 +51,7 @@ def shard_layers(model: torch.nn.Module) -> int:
     """
     from torch.distributed.fsdp import fully_shard
 
-    names = set(getattr(model, "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in names]
+    layers = decoder_layers(model)
     for layer in layers:
         fully_shard(layer)
         layer.set_gradient_divide_factor(1.0)  # sum, as the loss denominators are global
@@ -57,22 +64,30 @@ def shard_layers(model: torch.nn.Module) -> int:
 class RolloutWeights:
     """A whole, frozen copy of the policy for the static sampler under sharded layers.
 
-    Made from the policy before :func:`shard_layers`; :meth:`refresh` copies the current
-    weights into it in place (the addresses the sampler's CUDA graph captured stay valid),
-    gathering each sharded parameter on every rank in turn: a collective, so every rank
-    refreshes together. Costs one whole copy of the weights per rank (bf16: 2 bytes per
-    parameter, against the ~8 of the sharded training state it lets a card hold).
+    Made from the policy before :func:`shard_layers`: the decoder layers are copied, the rest
+    (embeddings, final norm, LM head: never sharded) is the policy's own parameters, shared,
+    so it costs nothing and is always current. :meth:`refresh` copies the current layer
+    weights into the copy in place (the addresses the sampler's CUDA graph captured stay
+    valid), gathering each sharded parameter on every rank in turn: a collective, so every
+    rank refreshes together. Costs one copy of the decoder layers' weights per rank (bf16: 2
+    bytes per parameter, against the ~8 of the sharded training state it lets a card hold).
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+        in_layers = {id(p) for layer in decoder_layers(model) for p in layer.parameters()}
+        shared = {id(p): p for p in model.parameters() if id(p) not in in_layers}
+        self.model = copy.deepcopy(model, memo=dict(shared)).eval()  # the memo: not copied
+        for p in self.model.parameters():
+            if id(p) not in shared:
+                p.requires_grad_(False)
 
     @torch.no_grad()
     def refresh(self, policy: torch.nn.Module) -> torch.nn.Module:
-        """Copy ``policy``'s current weights (sharded or not) into the copy; returns it."""
+        """Copy ``policy``'s current layer weights (sharded or not) into the copy; returns it."""
         mine = dict(self.model.named_parameters())
         for name, p in policy.named_parameters():
-            mine[name].copy_(p.full_tensor() if is_dtensor(p) else p)
+            if mine[name] is not p:  # the shared (never sharded) ones are the policy's
+                mine[name].copy_(p.full_tensor() if is_dtensor(p) else p)
         return self.model
 
 
