@@ -74,17 +74,20 @@ def worker(args) -> None:
             peak = torch.cuda.max_memory_allocated() / 2**30
             print(f"rank {ddp.rank()}: out of memory after {len(rows)} steps: {e}", flush=True)
             if ddp.is_main():
-                out = {"world": ddp.world_size(), "seed": args.seed, "rows": rows,
-                       "peak_gib": [peak], "oom": str(e)[:300]}  # fmt: skip
-                Path(args.json).write_text(json.dumps(out))
+                write_result(args, rows, [peak], oom=str(e)[:300])
             sys.stdout.flush()
             os._exit(1)  # the other ranks may wait in a collective: torchrun ends them
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         peaks = ddp.all_gather_objects(peak)
         if ddp.is_main():
-            out = {"world": ddp.world_size(), "seed": args.seed, "rows": rows, "peak_gib": peaks}
-            Path(args.json).write_text(json.dumps(out))
+            write_result(args, rows, peaks)
     ddp.shutdown()
+
+
+def write_result(args, rows: list[dict], peaks: list[float], **extra) -> None:
+    """Rank 0's numbers of one configuration to ``--json`` (``extra``: e.g. ``oom``)."""
+    out = {"world": ddp.world_size(), "seed": args.seed, "rows": rows, "peak_gib": peaks}
+    Path(args.json).write_text(json.dumps(out | extra))
 
 
 def steps(args, trainer, rows: list[dict], cuda: bool) -> None:

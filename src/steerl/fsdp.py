@@ -94,7 +94,8 @@ class RolloutWeights:
 def split_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each optimizer parameter group as two with the same settings: its sharded parameters
     and its whole ones (torch's multi-tensor optimizer kernels refuse a list that mixes
-    DTensors and plain tensors). Empty halves are left out."""
+    DTensors and plain tensors). Empty halves are left out, so without sharding every group
+    comes back as it was."""
     out = []
     for g in groups:
         names = g.get("param_names")

@@ -160,14 +160,14 @@ class Trainer(RunLoopMixin, CheckpointMixin, UpdateMixin):
         # tests take the same path) need groups that do not mix sharded and whole tensors
         foreach = True if ddp.sharded() else None
         if phase == "warmup":
-            params = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
-            params = fsdp.split_groups(params) if ddp.sharded() else params
+            params = fsdp.split_groups(
+                [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+            )
             return torch.optim.AdamW(
                 params, lr=self.cfg.warmup.lr, weight_decay=0.0, foreach=foreach
             )
         # schedule.param_groups: named groups with their own lr_scale (e.g. LoRA vs head)
-        params = param_groups(self.model, self.cfg.schedule, o.lr)
-        params = fsdp.split_groups(params) if ddp.sharded() else params
+        params = fsdp.split_groups(param_groups(self.model, self.cfg.schedule, o.lr))
         if o.name == "sgd":
             return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, foreach=foreach)
         if o.name == "adafactor":

@@ -57,18 +57,17 @@ def attn_in(h, delta, norm_w, w_qkv, b_qkv, cos, sin, kc, vc, slot, eps: float, 
     return h, qk[:, :, :hq].transpose(1, 2)
 
 
-def attn_out_mlp(h, o, w_o, norm_w, w_gate, w_up, w_down, eps: float):
-    """Output projection, residual, RMSNorm, SiLU-gated MLP: ``(h + o W_o^T, mlp(...))``."""
-    h = h + F.linear(o, w_o)
-    x = F.rms_norm(h, (h.shape[-1],), norm_w, eps)
-    return h, F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
-
-
 def attn_out_norm(h, o, w_o, norm_w, eps: float):
-    """Output projection, residual and RMSNorm: ``(h + o W_o^T, rms_norm(...))`` (the MLP
-    then runs outside: :func:`steerl.generation.kernels.gate_up_silu`)."""
+    """Output projection, residual and RMSNorm: ``(h + o W_o^T, rms_norm(...))`` (alone when
+    the MLP runs outside: :func:`steerl.generation.kernels.gate_up_silu`)."""
     h = h + F.linear(o, w_o)
     return h, F.rms_norm(h, (h.shape[-1],), norm_w, eps)
+
+
+def attn_out_mlp(h, o, w_o, norm_w, w_gate, w_up, w_down, eps: float):
+    """:func:`attn_out_norm`, then the SiLU-gated MLP: ``(h + o W_o^T, mlp(...))``."""
+    h, x = attn_out_norm(h, o, w_o, norm_w, eps)
+    return h, F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
 
 
 #: ``torch.compile`` of the functions above (built on first use; shared by all samplers:

@@ -67,15 +67,18 @@ def global_grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
-def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
+def clip_grad_norm(
+    params: list[torch.nn.Parameter], max_norm: float, norm: float | None = None
+) -> float:
     """``torch.nn.utils.clip_grad_norm_`` (every gradient times ``min(1, max_norm / (norm +
     1e-6))``; returns the norm before), also where some gradients are FSDP shards, which
-    ``clip_grad_norm_`` cannot mix with whole ones."""
+    ``clip_grad_norm_`` cannot mix with whole ones. There ``norm``, the caller's
+    :func:`global_grad_norm` of ``params``, saves a second pass and its all-reduce."""
     from steerl import distributed as ddp
 
     if not ddp.sharded():
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    total = global_grad_norm(params)
+    total = global_grad_norm(params) if norm is None else norm
     coef = min(1.0, max_norm / (total + 1e-6))
     if coef < 1.0:
         with torch.no_grad():
@@ -155,7 +158,7 @@ class GradClipper:
         pre = global_grad_norm(params)
         if max_norm is None or not math.isfinite(pre) or pre <= max_norm:
             return ClipResult(pre, pre, False, max_norm)
-        total = clip_grad_norm(params, max_norm)
+        total = clip_grad_norm(params, max_norm, norm=pre)
         return ClipResult(pre, total * min(1.0, max_norm / (total + 1e-6)), True, max_norm)
 
     @torch.no_grad()
