@@ -17,7 +17,7 @@ another seed (``--noise``) shows how far two runs that should agree drift apart 
     python benchmarks/ddp_step.py --gpus 2 --no-noise \
         --run "2 GPUs, FSDP=2,train.distributed=fsdp" --run "1 GPU=1,prompts=32" \
         --run "2 GPUs=2,prompts=32"                        # further configurations
-    python benchmarks/ddp_step.py --shape qwen7b --no-noise \
+    python benchmarks/ddp_step.py --shape qwen14b --no-noise \
         --run "2 GPUs, FSDP=2,train.distributed=fsdp"     # a model one card cannot train
 
 Speed-up: completion tokens/s over the 1-GPU run at the same global batch (strong scaling);
@@ -252,10 +252,11 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=2, help="ranks of the data-parallel run")
     ap.add_argument(
         "--shape",
-        choices=["qwen0.5b", "qwen7b"],
+        choices=["qwen0.5b", "qwen7b", "qwen14b"],
         default="qwen0.5b",
-        help="the random model's shape (qwen7b: training state too big for one card, for "
-        "train.distributed=fsdp; a run that does not fit reports out of memory)",
+        help="the random model's shape (qwen7b, qwen14b: for train.distributed=fsdp; qwen14b's "
+        "training state does not fit one H100 or H200; a run that does not fit reports out "
+        "of memory)",
     )
     ap.add_argument("--steps", type=int, default=10, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")

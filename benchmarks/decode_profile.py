@@ -84,7 +84,7 @@ def bench_gate_up(dev, layers: int = 24) -> None:
     weight pairs (418 MB: streamed from memory, not L2) in one CUDA graph: cuBLAS + pointwise
     against :func:`gate_up_silu` per tile config; the fastest becomes the kernel's default for
     the variants below."""
-    from steerl.generation import kernels as K
+    from steerl.generation import gemm as G
 
     g = torch.Generator(device=dev).manual_seed(2)
     x = torch.randn(64, 896, device=dev, generator=g).bfloat16()
@@ -106,9 +106,9 @@ def bench_gate_up(dev, layers: int = 24) -> None:
     for bn, bk, stages, warps in GATE_UP_CONFIGS:
         kw = dict(block_n=bn, block_k=bk, stages=stages, warps=warps)
         try:
-            out = K.gate_up_silu(x, ws[0][0], ws[0][1], **kw).float()
+            out = G.gate_up_silu(x, ws[0][0], ws[0][1], **kw).float()
             rel = ((out - ref).norm() / ref.norm()).item()
-            ms = graph_ms(lambda kw=kw: [K.gate_up_silu(x, w[0], w[1], **kw) for w in ws])
+            ms = graph_ms(lambda kw=kw: [G.gate_up_silu(x, w[0], w[1], **kw) for w in ws])
         except Exception as e:  # noqa: BLE001
             print(f"gate_up_silu {kw}: failed: {type(e).__name__}: {str(e)[:200]}")
             continue
@@ -118,7 +118,7 @@ def bench_gate_up(dev, layers: int = 24) -> None:
         if best is None or ms < best[0]:
             best = (ms, bn, bk, stages, warps)
     if best is not None:
-        ms, K.GATE_UP_BLOCK_N, K.GATE_UP_BLOCK_K, K.GATE_UP_STAGES, K.GATE_UP_WARPS = best
+        ms, G.GATE_UP_BLOCK_N, G.GATE_UP_BLOCK_K, G.GATE_UP_STAGES, G.GATE_UP_WARPS = best
         print(f"gate_up_silu: fastest {best[1:]} at {1e3 * ms:.1f} us ({base / ms:.2f}x the "
               "tensor ops); used below", flush=True)  # fmt: skip
 

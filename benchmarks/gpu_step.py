@@ -74,6 +74,16 @@ QWEN7B_SHAPE = dict(
     num_attention_heads=28,
     num_key_value_heads=4,
 )
+#: Qwen2.5-14B's shape (untied): its bf16 training state (weights, gradients, AdamW moments:
+#: 8 bytes a parameter, 118 GB) does not fit one 141 GB H200 with a rollout's activations.
+QWEN14B_SHAPE = dict(
+    vocab_size=152064,
+    hidden_size=5120,
+    intermediate_size=13824,
+    num_hidden_layers=48,
+    num_attention_heads=40,
+    num_key_value_heads=8,
+)
 #: ``--tiny``: the same architecture at CPU size.
 TINY_SHAPE = dict(
     vocab_size=512,
@@ -86,21 +96,28 @@ TINY_SHAPE = dict(
 
 
 #: Model shapes by name (``tiny`` is the ``--tiny`` one).
-SHAPES = {"tiny": TINY_SHAPE, "qwen0.5b": QWEN05_SHAPE, "qwen7b": QWEN7B_SHAPE}
+SHAPES = {
+    "tiny": TINY_SHAPE,
+    "qwen0.5b": QWEN05_SHAPE,
+    "qwen7b": QWEN7B_SHAPE,
+    "qwen14b": QWEN14B_SHAPE,
+}
+#: Shapes built in bf16 on the target device (their float32 copy would not fit host memory).
+BIG = ("qwen7b", "qwen14b")
 
 
 def build_model(tiny: bool, shape: str | None = None, device: str = "cpu"):
     """The random anchor model (seed 0): Qwen2.5-0.5B-shaped, small with ``tiny``, or the
-    named ``shape``. Float32 on the CPU; a 7B shape is built in bf16 on ``device`` (its
-    float32 copy would need 30 GB of host memory)."""
+    named ``shape``. Float32 on the CPU; the :data:`BIG` shapes are built in bf16 on ``device``
+    (a 7B model's float32 copy would need 30 GB of host memory)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     name = shape or ("tiny" if tiny else "qwen0.5b")
     conf = Qwen2Config(
-        **SHAPES[name], max_position_embeddings=4096, tie_word_embeddings=name != "qwen7b"
+        **SHAPES[name], max_position_embeddings=4096, tie_word_embeddings=name not in BIG
     )
     torch.manual_seed(0)
-    if name != "qwen7b":
+    if name not in BIG:
         return Qwen2ForCausalLM(conf)
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)

@@ -14,6 +14,7 @@ from test_generation import _prompts
 from test_generation import _qwen as small_qwen
 
 from steerl.config import ConfigError, load_config
+from steerl.generation import gemm as G
 from steerl.generation import kernels as K
 from steerl.generation import static as static_mod
 from steerl.generation.static import StaticSampler
@@ -64,25 +65,6 @@ def test_decode_attention_matches_sdpa_with_gqa_and_masked_keys():
     )[:, :, 0]
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[2, :2], v[2, 0, 7].expand(2, d), atol=1e-6, rtol=0)
-
-
-@needs_triton
-@pytest.mark.parametrize(("m", "n", "k"), [(3, 70, 40), (20, 64, 160)])
-def test_gate_up_silu_matches_the_mlp_in_float64(m, n, k):
-    """Partial row, column and depth tiles (70 columns: 3 tiles of 32; 160 deep: 2 of 128;
-    20 rows: a 32-row tile) and float32 accumulation."""
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(m, k, generator=g)
-    wg, wu = torch.randn(2, n, k, generator=g) / k**0.5
-    out = K.gate_up_silu(x, wg, wu)
-    xd, gd, ud = x.double(), wg.double(), wu.double()
-    ref = F.silu(xd @ gd.T) * (xd @ ud.T)
-    assert out.shape == (m, n) and out.dtype == x.dtype
-    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
-    # transposed weight views (not contiguous in K) are made contiguous first
-    torch.testing.assert_close(K.gate_up_silu(x, wg.T.contiguous().T, wu), out, atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="do not match"):
-        K.gate_up_silu(x, wg, wu[:, :-1])
 
 
 def _state(rows: int, cols: int, step: int = 0):
@@ -194,13 +176,13 @@ def test_compiled_layers_with_the_mlp_kernel_match_the_eager_ones():
 
 
 def test_mlp_kernel_serves_one_row_tile_only():
-    """Past K.GATE_UP_MAX_ROWS rows the kernel would stream the weights once per row tile:
+    """Past G.GATE_UP_MAX_ROWS rows the kernel would stream the weights once per row tile:
     the sampler keeps cuBLAS there."""
     model = _qwen()
     kw = dict(eos_token_id=2, pad_token_id=0, temperature=1.0, top_p=1.0, greedy=True,
               generator=None, use_graph=False, mlp="triton")  # fmt: skip
-    assert StaticSampler(model, K.GATE_UP_MAX_ROWS, 64, 2, **kw).mlp == "triton"
-    assert StaticSampler(model, K.GATE_UP_MAX_ROWS + 1, 64, 2, **kw).mlp == "torch"
+    assert StaticSampler(model, G.GATE_UP_MAX_ROWS, 64, 2, **kw).mlp == "triton"
+    assert StaticSampler(model, G.GATE_UP_MAX_ROWS + 1, 64, 2, **kw).mlp == "torch"
 
 
 # --------------------------------------------------------------------------- the key

@@ -59,7 +59,7 @@ def attn_in(h, delta, norm_w, w_qkv, b_qkv, cos, sin, kc, vc, slot, eps: float, 
 
 def attn_out_norm(h, o, w_o, norm_w, eps: float):
     """Output projection, residual and RMSNorm: ``(h + o W_o^T, rms_norm(...))`` (alone when
-    the MLP runs outside: :func:`steerl.generation.kernels.gate_up_silu`)."""
+    the MLP runs outside: :func:`steerl.generation.gemm.gate_up_silu`)."""
     h = h + F.linear(o, w_o)
     return h, F.rms_norm(h, (h.shape[-1],), norm_w, eps)
 

@@ -42,7 +42,7 @@ from steerl.generation.layers import compiled, eps_of, linear_add, rms, rope
 ATTENTION = ("sdpa", "triton")
 #: Sampling: ``torch`` (tensor ops) or ``triton`` (:func:`steerl.generation.kernels.race_pick`).
 PICK = ("torch", "triton")
-#: The MLP's gated half: ``torch`` or ``triton`` (:func:`steerl.generation.kernels.gate_up_silu`).
+#: The MLP's gated half: ``torch`` or ``triton`` (:func:`steerl.generation.gemm.gate_up_silu`).
 MLP = ("torch", "triton")
 #: Architectures whose decoder layers this sampler reproduces.
 SUPPORTED = ("llama", "qwen2", "qwen3")
@@ -155,7 +155,7 @@ class StaticSampler:
                 f"{ATTENTION} / {PICK} / {MLP}"
             )
         self.attention = attention
-        from steerl.generation.kernels import GATE_UP_MAX_ROWS
+        from steerl.generation.gemm import GATE_UP_MAX_ROWS
 
         # the kernel computes the SiLU gating only, for one tile of rows
         self.mlp = mlp if silu_mlp and n <= GATE_UP_MAX_ROWS else "torch"
@@ -210,7 +210,7 @@ class StaticSampler:
         serves decode steps of up to ``GATE_UP_MAX_ROWS`` rows; the prefill's and larger
         batches' rows stay with cuBLAS."""
         if self.mlp == "triton" and decode:
-            from steerl.generation.kernels import gate_up_silu
+            from steerl.generation.gemm import gate_up_silu
 
             x2 = x.reshape(-1, x.shape[-1])
             out = gate_up_silu(x2, mlp.gate_proj.weight, mlp.up_proj.weight)
