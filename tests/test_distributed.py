@@ -240,3 +240,28 @@ def test_rollout_weights_copy_the_layers_and_share_the_rest(tiny_model_config):
     copied = sum(p.numel() for p in rw.model.parameters() if not p.requires_grad)
     layers = sum(p.numel() for p in policy.model.layers.parameters())
     assert copied == layers
+
+
+def test_sharded_layers_are_resharded_after_their_forward(tmp_path):
+    """The model is FSDP's root (its own parameters ignored, whole): each layer gives back its
+    gathered weights after its forward. With the layers alone, each is a root, which FSDP
+    keeps gathered until its backward: the whole model at once (a 14B model: 120 GiB/rank)."""
+    import torch.distributed as dist
+    from test_generation import _qwen
+
+    from steerl import fsdp
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        model = _qwen()
+        head = model.lm_head.weight
+        assert fsdp.shard_layers(model) == len(model.model.layers) == 2
+        loss = model(input_ids=torch.randint(3, model.config.vocab_size, (2, 8))).logits.sum()
+        gathered = [n for n, p in model.model.layers.named_parameters() if not fsdp.is_dtensor(p)]
+        assert gathered == []
+        loss.backward()
+        assert model.lm_head.weight is head and not fsdp.is_dtensor(head)  # stays whole
+        assert head.grad is not None
+        assert all(fsdp.is_dtensor(p.grad) for p in model.model.layers.parameters())
+    finally:
+        dist.destroy_process_group()
