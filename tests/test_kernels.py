@@ -67,6 +67,42 @@ def test_decode_attention_matches_sdpa_with_gqa_and_masked_keys():
     torch.testing.assert_close(out[2, :2], v[2, 0, 7].expand(2, d), atol=1e-6, rtol=0)
 
 
+def _sdpa(q, k, v, valid, scale):
+    g = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(
+        q[:, :, None],
+        k.repeat_interleave(g, 1),
+        v.repeat_interleave(g, 1),
+        attn_mask=valid[:, None, None],
+        scale=scale,
+    )[:, :, 0]
+
+
+@needs_triton
+@pytest.mark.parametrize("s", [520, 40])  # 8 splits (the last 3 past the keys), or 1 split
+def test_decode_attention_one_launch_merges_deterministically_and_resets_counters(s):
+    g = torch.Generator().manual_seed(1)
+    n, hq, hkv, d = 2, 6, 2, 16  # 3 query heads per KV head
+    q = torch.randn(n, hq, d, generator=g)
+    k, v = torch.randn(2, n, hkv, s, d, generator=g)
+    valid = torch.rand(n, s, generator=g) > 0.5
+    valid[1] = False
+    valid[1, s - 1] = True  # only the last split sees a key
+    out = K.decode_attention(q, k, v, valid, 0.25)
+    torch.testing.assert_close(out, _sdpa(q, k, v, valid, 0.25), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], v[1, :, s - 1].repeat_interleave(3, 0), atol=1e-6, rtol=0)
+    counters = K._ATTN_COUNTERS.get((q.device, n * hkv))
+    if s > K.ATTN_BLOCK_S * (K.ATTN_SPLITS - 1):
+        assert counters is not None and counters.shape == (n * hkv,)
+    if counters is not None:
+        assert (counters == 0).all()  # every (row, KV head) put its counter back
+    again = K.decode_attention(q, k, v, valid, 0.25)
+    assert torch.equal(again, out)  # bitwise (on a GPU the merge order ignores arrival order)
+    if counters is not None:
+        assert K._ATTN_COUNTERS[(q.device, n * hkv)] is counters  # the same buffer, reused
+        assert (counters == 0).all()
+
+
 def _state(rows: int, cols: int, step: int = 0):
     return dict(
         done=torch.zeros(rows, dtype=torch.bool),

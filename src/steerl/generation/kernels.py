@@ -6,7 +6,8 @@ Two places where the decode step of a small model spends far more than its bytes
   heads and a key-validity mask. ``F.scaled_dot_product_attention`` picks a prefill-shaped
   kernel for it (about 11 µs per layer on an H100 for 5 MB of cache); this one reads each
   row's keys and values once, with the query heads that share a KV head, split over several
-  programs per (row, KV head) whose partial softmaxes a second kernel merges.
+  programs per (row, KV head) whose partial softmaxes the last of them to finish merges, in one
+  kernel.
 - :func:`race_pick`: the next token by the exponential race ``argmax(z - log E)`` on the
   tempered logits ``z``, its log-probability ``z - logsumexp(z)``, and the sampler's
   bookkeeping (recorded token and log-probability, ``done``, the fed-back token), in two
@@ -57,13 +58,20 @@ if triton is not None:
 
     @triton.jit
     def _decode_attention_kernel(
-        q_ptr, k_ptr, v_ptr, valid_ptr, m_ptr, l_ptr, acc_ptr,
-        sq_n, sq_h, sk_n, sk_h, sk_s, sv_n, sv_h, sv_s, s_valid,
+        q_ptr, k_ptr, v_ptr, valid_ptr, m_ptr, l_ptr, acc_ptr, count_ptr, out_ptr,
+        sq_n, sq_h, sk_n, sk_h, sk_s, sv_n, sv_h, sv_s, s_valid, so_n, so_h,
         scale, S,
         HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
         BLOCK_S: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
     ):  # fmt: skip
-        """Keys [sp * CHUNK, (sp + 1) * CHUNK) of one (row, KV head): partial max, sum, output."""
+        """Keys [sp * CHUNK, (sp + 1) * CHUNK) of one (row, KV head); the last split merges.
+
+        With one split the program writes its heads' outputs directly. Otherwise it writes its
+        partial max, sum and output to the workspaces and counts itself in at ``count_ptr``;
+        the program that arrives last merges the ``SPLITS`` partials, always in the order
+        0, 1, ... (so the result does not depend on which program finished last), and puts the
+        counter back to 0 for the next launch.
+        """
         row = tl.program_id(0)
         kvh = tl.program_id(1)
         sp = tl.program_id(2)
@@ -98,40 +106,39 @@ if triton is not None:
             lsum = lsum * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
             m = m_new
-        part = (row * HKV + kvh) * SPLITS + sp
-        tl.store(m_ptr + part * BLOCK_G + g, m)
-        tl.store(l_ptr + part * BLOCK_G + g, lsum)
-        tl.store(acc_ptr + (part * BLOCK_G + g[:, None]) * D + d[None, :], acc)
-
-    @triton.jit
-    def _decode_attention_combine_kernel(
-        m_ptr, l_ptr, acc_ptr, out_ptr, so_n, so_h,
-        HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
-        SPLITS: tl.constexpr,
-    ):  # fmt: skip
-        """The partial softmaxes of one (row, KV head) merged into its query heads' outputs."""
-        row = tl.program_id(0)
-        kvh = tl.program_id(1)
-        g = tl.arange(0, BLOCK_G)
-        d = tl.arange(0, D)
-        first = (row * HKV + kvh) * SPLITS
-        mx = tl.full((BLOCK_G,), -1.0e30, tl.float32)
-        for sp in tl.static_range(SPLITS):
-            mx = tl.maximum(mx, tl.load(m_ptr + (first + sp) * BLOCK_G + g))
-        total = tl.zeros((BLOCK_G,), tl.float32)
-        out = tl.zeros((BLOCK_G, D), tl.float32)
-        for sp in tl.static_range(SPLITS):
-            w = tl.exp(tl.load(m_ptr + (first + sp) * BLOCK_G + g) - mx)
-            total += tl.load(l_ptr + (first + sp) * BLOCK_G + g) * w
-            part = tl.load(acc_ptr + ((first + sp) * BLOCK_G + g[:, None]) * D + d[None, :])
-            out += part * w[:, None]
-        out = out / total[:, None]
-        head = kvh * G + g
-        tl.store(
-            out_ptr + row * so_n + head[:, None] * so_h + d[None, :],
-            out.to(out_ptr.dtype.element_ty),
-            mask=g[:, None] < G,
-        )
+        out_ptrs = out_ptr + row * so_n + head[:, None] * so_h + d[None, :]
+        if SPLITS == 1:
+            out = acc / lsum[:, None]
+            tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=g[:, None] < G)
+        else:
+            first = (row * HKV + kvh) * SPLITS
+            part = first + sp
+            tl.store(m_ptr + part * BLOCK_G + g, m)
+            tl.store(l_ptr + part * BLOCK_G + g, lsum)
+            tl.store(acc_ptr + (part * BLOCK_G + g[:, None]) * D + d[None, :], acc)
+            # The atomic is issued by one thread of the program: the barrier orders every
+            # thread's partial stores before it, and its release (acq_rel, GPU scope) publishes
+            # them to the program that later acquires the counter.
+            tl.debug_barrier()
+            arrived = tl.atomic_add(count_ptr + row * HKV + kvh, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLITS - 1:
+                # Last to arrive: every other split's stores happen-before this point. ".cg"
+                # reads them from L2, never from a line this multiprocessor's L1 may still hold.
+                mx = tl.full((BLOCK_G,), -1.0e30, tl.float32)
+                for i in tl.static_range(SPLITS):
+                    mi = tl.load(m_ptr + (first + i) * BLOCK_G + g, cache_modifier=".cg")
+                    mx = tl.maximum(mx, mi)
+                total = tl.zeros((BLOCK_G,), tl.float32)
+                out = tl.zeros((BLOCK_G, D), tl.float32)
+                for i in tl.static_range(SPLITS):
+                    at = (first + i) * BLOCK_G + g
+                    w = tl.exp(tl.load(m_ptr + at, cache_modifier=".cg") - mx)
+                    total += tl.load(l_ptr + at, cache_modifier=".cg") * w
+                    pacc = tl.load(acc_ptr + at[:, None] * D + d[None, :], cache_modifier=".cg")
+                    out += pacc * w[:, None]
+                out = out / total[:, None]
+                tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=g[:, None] < G)
+                tl.store(count_ptr + row * HKV + kvh, 0)  # ready for the next launch
 
     @triton.jit
     def _race_partial_kernel(
@@ -216,6 +223,26 @@ if triton is not None:
 ATTN_BLOCK_S = 64
 ATTN_SPLITS = 8
 
+#: :func:`decode_attention`'s arrival counters (int32, one per (row, KV head)), by (device,
+#: count), zeroed once. Each launch leaves them at zero again (the last program of each
+#: (row, KV head) resets its counter), so later launches need no fill kernel (a per-call
+#: ``torch.zeros`` would be the second launch the fused kernel saves). They are kept for good,
+#: never replaced or freed: a captured CUDA graph bakes in the address it was captured with
+#: and goes on using it at every replay. Launches sharing a buffer must not overlap in time
+#: (one stream, as the sampler's decode step and its graph replays are).
+_ATTN_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _attn_counters(device: torch.device, numel: int) -> torch.Tensor:
+    """The zeroed arrival counters for ``numel`` (row, KV head) pairs on ``device``."""
+    key = (device, numel)
+    buf = _ATTN_COUNTERS.get(key)
+    if buf is None:
+        # Normally allocated by a warm-up call before any capture; allocated during a capture,
+        # the fill is captured too (it then zeroes the already-zero counters on each replay).
+        buf = _ATTN_COUNTERS[key] = torch.zeros(numel, dtype=torch.int32, device=device)
+    return buf
+
 
 def decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float
@@ -223,9 +250,11 @@ def decode_attention(
     """One-token attention: q (N, Hq, D), k/v (N, Hkv, S, D), valid (N, S) bool -> (N, Hq, D).
 
     Query head ``h`` uses KV head ``h // (Hq // Hkv)`` (as ``repeat_kv``); keys where
-    ``valid`` is False are left out. Every row needs at least one valid key. The keys are
-    split over up to :data:`ATTN_SPLITS` programs whose partial softmaxes a second kernel
-    merges.
+    ``valid`` is False are left out. Every row needs at least one valid key. One kernel
+    launch: the keys of each (row, KV head) are split over up to :data:`ATTN_SPLITS`
+    programs, and the last of them to finish merges their partial softmaxes in a fixed order
+    (the output is bitwise reproducible). Safe to capture in a CUDA graph; concurrent calls
+    on different streams of one device are not (they would share the arrival counters).
     """
     n, hq, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
@@ -238,21 +267,23 @@ def decode_attention(
     splits = max(1, min(ATTN_SPLITS, triton.cdiv(s, ATTN_BLOCK_S)))
     chunk = triton.cdiv(triton.cdiv(s, splits), ATTN_BLOCK_S) * ATTN_BLOCK_S
     dev = q.device
-    m = torch.empty((n, hkv, splits, block_g), dtype=torch.float32, device=dev)
-    lsum = torch.empty_like(m)
-    acc = torch.empty((n, hkv, splits, block_g, d), dtype=torch.float32, device=dev)
+    out = torch.empty((n, hq, d), dtype=q.dtype, device=dev)
+    if splits == 1:  # no partials to merge: the workspace arguments are unused
+        m = lsum = acc = count = out
+    else:
+        # Per call, from the caching allocator (from the graph's pool while capturing): every
+        # launch writes all of them before any is read.
+        m = torch.empty((n, hkv, splits, block_g), dtype=torch.float32, device=dev)
+        lsum = torch.empty_like(m)
+        acc = torch.empty((n, hkv, splits, block_g, d), dtype=torch.float32, device=dev)
+        count = _attn_counters(dev, n * hkv)
     valid = valid.view(torch.uint8)
     _decode_attention_kernel[(n, hkv, splits)](
-        q, k, v, valid, m, lsum, acc,
+        q, k, v, valid, m, lsum, acc, count, out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), valid.stride(0),
+        v.stride(0), v.stride(1), v.stride(2), valid.stride(0), out.stride(0), out.stride(1),
         scale, s,
         HKV=hkv, G=g, BLOCK_G=block_g, D=d, BLOCK_S=ATTN_BLOCK_S, CHUNK=chunk, SPLITS=splits,
-    )  # fmt: skip
-    out = torch.empty((n, hq, d), dtype=q.dtype, device=dev)
-    _decode_attention_combine_kernel[(n, hkv)](
-        m, lsum, acc, out, out.stride(0), out.stride(1),
-        HKV=hkv, G=g, BLOCK_G=block_g, D=d, SPLITS=splits,
     )  # fmt: skip
     return out
 
