@@ -2,7 +2,11 @@
 kernel count and GPU time of one decode step (eager and compiled), and a gradient-NaN probe of
 the SDPA backends on sampled batches.
 
-    python benchmarks/decode_profile.py [--probe]
+    python benchmarks/decode_profile.py [VARIANT ...] [--no-sweep] [--probe]
+
+The tile sweeps first (each kernel of the fused layer on the anchor's shapes, 24 distinct
+weights in one CUDA graph, against the tensor ops it replaces); their fastest tiles serve the
+variants after them.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ VARIANTS = {
     ),
     "compiled, triton attention + pick + mlp": dict(
         compile_step=True, attention="triton", pick="triton", mlp="triton"
+    ),
+    "fused layers, triton attention + pick": dict(
+        attention="triton", pick="triton", mlp="triton", layer="triton"
     ),
 }
 
@@ -121,6 +128,147 @@ def bench_gate_up(dev, layers: int = 24) -> None:
         ms, G.GATE_UP_BLOCK_N, G.GATE_UP_BLOCK_K, G.GATE_UP_STAGES, G.GATE_UP_WARPS = best
         print(f"gate_up_silu: fastest {best[1:]} at {1e3 * ms:.1f} us ({base / ms:.2f}x the "
               "tensor ops); used below", flush=True)  # fmt: skip
+
+
+#: rows_linear / qkv_rope tiles tried by :func:`bench_layer_kernels`: (BLOCK_N or BLOCK_H,
+#: BLOCK_K, stages, warps).
+ROWS_CONFIGS = [
+    (16, 128, 4, 4),
+    (16, 256, 3, 4),
+    (16, 64, 6, 4),
+    (32, 128, 4, 4),
+    (32, 64, 5, 4),
+    (16, 512, 2, 4),
+    (16, 128, 4, 2),
+    (32, 256, 3, 8),
+]
+QKV_CONFIGS = [
+    (16, 128, 4, 4),
+    (16, 256, 3, 4),
+    (16, 64, 6, 4),
+    (32, 128, 4, 4),
+    (32, 64, 4, 4),
+    (16, 128, 3, 2),
+]
+
+
+def sweep(name: str, configs, run, ref, nbytes: float, base_ms: float, layers: int):
+    """Time ``run(**tile)`` (``layers`` products in one CUDA graph) per tile; print GB/s and
+    the error of its first product against ``ref``; returns (ms, tile) of the fastest."""
+    best = None
+    for bn, bk, stages, warps in configs:
+        kw = dict(block_k=bk, stages=stages, warps=warps)
+        kw["block_h" if name == "qkv_rope" else "block_n"] = bn
+        try:
+            out = run(first=True, **kw).float()
+            rel = ((out - ref).norm() / ref.norm()).item()
+            ms = graph_ms(lambda kw=kw: run(**kw)) / layers
+        except Exception as e:  # noqa: BLE001
+            print(f"{name} {kw}: failed: {type(e).__name__}: {str(e)[:200]}")
+            continue
+        print(f"{name} {kw}: {1e3 * ms:.1f} us per layer, {nbytes / ms / 1e6:.0f} GB/s, "
+              f"rel. error vs float64 {rel:.1e}", flush=True)  # fmt: skip
+        if best is None or ms < best[0]:
+            best = (ms, (bn, bk, stages, warps))
+    if best is not None:
+        print(f"{name}: fastest {best[1]} at {1e3 * best[0]:.1f} us ({base_ms / best[0]:.2f}x "
+              "the tensor ops)", flush=True)  # fmt: skip
+    return best
+
+
+def bench_layer_kernels(dev, layers: int = 24) -> None:
+    """The fused layer's kernels on the anchor's shapes (64 rows) over ``layers`` distinct
+    weights in one CUDA graph, per tile, against the tensor ops they replace; the fastest
+    tiles become the defaults for the variants below."""
+    from steerl.generation import gemm as G
+    from steerl.generation import qkv as Q
+
+    g = torch.Generator(device=dev).manual_seed(3)
+    n, hid, inter, hq, hkv, d, s = 64, 896, 4864, 14, 2, 64, 320
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, device=dev, generator=g) * scale).bfloat16()
+
+    x, h = rnd(n, hid), rnd(n, hid)
+    nw = 1 + rnd(hid, scale=0.1)
+    a = rnd(n, inter)
+    w_o = [rnd(hid, hid, scale=0.03) for _ in range(layers)]
+    w_d = [rnd(hid, inter, scale=0.03) for _ in range(layers)]
+    w_gu = [rnd(2, inter, hid, scale=0.03) for _ in range(layers)]
+    w_qkv = [rnd((hq + 2 * hkv) * d, hid, scale=0.03) for _ in range(layers)]
+    b_qkv = rnd((hq + 2 * hkv) * d, scale=0.1)
+    kc, vc = rnd(layers, n, hkv, s, d), rnd(layers, n, hkv, s, d)
+    cos, sin = rnd(n, d), rnd(n, d)
+    slot = torch.tensor([100], device=dev)
+
+    def norm64(t):
+        t = t.double()
+        return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6) * nw.double()
+
+    # o projection + residual (896 -> 896) and down projection + residual (4,864 -> 896)
+    for name, xin, ws in (("o_proj", x, w_o), ("down", a, w_d)):
+        base = graph_ms(lambda xin=xin, ws=ws: [h + F.linear(xin, w) for w in ws]) / layers
+        ref = h.double() + xin.double() @ ws[0].double().T
+
+        def run(first=False, xin=xin, ws=ws, **kw):
+            outs = [G.rows_linear(xin, w, res=h, **kw) for w in ws[: 1 if first else None]]
+            return outs[0]
+
+        nbytes = ws[0].numel() * 2
+        print(f"{name}, tensor ops (GEMM + add): {1e3 * base:.1f} us per layer", flush=True)
+        best = sweep(f"rows_linear {name}", ROWS_CONFIGS, run, ref, nbytes, base, layers)
+        if best is not None and name == "down":  # the bigger one sets the default
+            G.ROWS_BLOCK_N, G.ROWS_BLOCK_K, G.ROWS_STAGES, G.ROWS_WARPS = best[1]
+
+    # post-attention norm + gate/up + SiLU (896 -> 2 x 4,864)
+    base = (
+        graph_ms(
+            lambda: [
+                F.silu(F.linear(F.rms_norm(h, (hid,), nw, 1e-6), w[0]))
+                * F.linear(F.rms_norm(h, (hid,), nw, 1e-6), w[1])
+                for w in w_gu
+            ]
+        )
+        / layers
+    )
+    xn = norm64(h)
+    ref = F.silu(xn @ w_gu[0][0].double().T) * (xn @ w_gu[0][1].double().T)
+
+    def run_gu(first=False, **kw):
+        ws = w_gu[: 1 if first else None]
+        return [G.gate_up_silu(h, w[0], w[1], norm_w=nw, eps=1e-6, **kw) for w in ws][0]
+
+    print(f"norm + gate/up, tensor ops: {1e3 * base:.1f} us per layer", flush=True)
+    best = sweep("gate_up_silu+norm", GATE_UP_CONFIGS, run_gu, ref, 2 * inter * hid * 2, base,
+                 layers)  # fmt: skip
+    if best is not None:
+        G.GATE_UP_BLOCK_N, G.GATE_UP_BLOCK_K, G.GATE_UP_STAGES, G.GATE_UP_WARPS = best[1]
+
+    # input norm + q/k/v + RoPE + cache writes
+    from steerl.generation.layers import attn_in
+
+    def torch_qkv():
+        for i, w in enumerate(w_qkv):
+            attn_in(h[:, None], None, nw, w, b_qkv, cos[:, None, None], sin[:, None, None],
+                    kc[i], vc[i], slot, 1e-6, hq, hkv)  # fmt: skip
+
+    base = graph_ms(torch_qkv) / layers
+    ref = (norm64(h) @ w_qkv[0].double().T + b_qkv.double())[:, : hq * d].view(n, hq, d)
+    half = d // 2
+    c, sn = cos.double()[:, None], sin.double()[:, None]
+    ref = ref * c + torch.cat([ref[..., half:], ref[..., :half]], -1) * sn
+
+    def run_qkv(first=False, **kw):
+        outs = [
+            Q.qkv_rope(h, nw, 1e-6, w, b_qkv, cos, sin, slot, kc[i], vc[i], hq, hkv, **kw)
+            for i, w in enumerate(w_qkv[: 1 if first else None])
+        ]
+        return outs[0]
+
+    print(f"norm + qkv + rope + cache, tensor ops: {1e3 * base:.1f} us per layer", flush=True)
+    best = sweep("qkv_rope", QKV_CONFIGS, run_qkv, ref, w_qkv[0].numel() * 2, base, layers)
+    if best is not None:
+        Q.QKV_BLOCK_H, Q.QKV_BLOCK_K, Q.QKV_STAGES, Q.QKV_WARPS = best[1]
 
 
 def pick_state(rows: int, cols: int, dev) -> dict[str, torch.Tensor]:
@@ -197,7 +345,9 @@ def main() -> None:
     kw = dict(eos_token_id=None, pad_token_id=0, temperature=1.0, top_p=1.0, greedy=False)
     torch.set_grad_enabled(False)
     check_kernels(dev)
-    bench_gate_up(dev)
+    if "--no-sweep" not in sys.argv:
+        bench_gate_up(dev)
+        bench_layer_kernels(dev)
     pick = [a for a in sys.argv[1:] if not a.startswith("--")]
     rows, ref = [], None
     out = os.environ.get("OUT")

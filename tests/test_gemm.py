@@ -30,3 +30,54 @@ def test_gate_up_silu_matches_the_mlp_in_float64(m, n, k):
     torch.testing.assert_close(G.gate_up_silu(x, wg.T.contiguous().T, wu), out, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="do not match"):
         G.gate_up_silu(x, wg, wu[:, :-1])
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+@needs_triton
+@pytest.mark.parametrize(("m", "n", "k"), [(3, 40, 200), (17, 16, 48)])
+def test_rows_linear_with_norm_and_residual_matches_float64(m, n, k):
+    """``res + rms_norm(x) W^T`` (partial row/column/depth tiles: 40 columns are 3 tiles of
+    16, 200 deep 2 of 128), and each part alone."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(m, k, generator=g) * 3
+    w = torch.randn(n, k, generator=g) / k**0.5
+    nw = 1 + 0.5 * torch.randn(k, generator=g)
+    res = torch.randn(m, n, generator=g)
+    xd, wd = x.double(), w.double()
+    normed = _rms(xd, nw.double(), 1e-5)
+    cases = {
+        "plain": (G.rows_linear(x, w), xd @ wd.T),
+        "res": (G.rows_linear(x, w, res=res), res.double() + xd @ wd.T),
+        "norm": (G.rows_linear(x, w, norm_w=nw, eps=1e-5), normed @ wd.T),
+        "both": (G.rows_linear(x, w, res=res, norm_w=nw, eps=1e-5), res.double() + normed @ wd.T),
+    }
+    for name, (out, ref) in cases.items():
+        assert out.shape == (m, n) and out.dtype == x.dtype, name
+        torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5, msg=name)
+    # a strided residual (a column slice) is read as its values
+    wide = torch.randn(m, n + 5, generator=g)
+    torch.testing.assert_close(
+        G.rows_linear(x, w, res=wide[:, :n]), G.rows_linear(x, w, res=wide[:, :n].contiguous())
+    )
+    with pytest.raises(ValueError, match="residual"):
+        G.rows_linear(x, w, res=res[:, :-1])
+    with pytest.raises(ValueError, match="norm weight"):
+        G.rows_linear(x, w, norm_w=nw[:-1])
+    with pytest.raises(ValueError, match="do not match"):
+        G.rows_linear(x, w[:, :-1])
+
+
+@needs_triton
+def test_gate_up_silu_with_the_norm_folded_in_matches_float64():
+    g = torch.Generator().manual_seed(3)
+    m, n, k = 5, 70, 160
+    x = torch.randn(m, k, generator=g) * 2
+    wg, wu = torch.randn(2, n, k, generator=g) / k**0.5
+    nw = 1 + 0.5 * torch.randn(k, generator=g)
+    out = G.gate_up_silu(x, wg, wu, norm_w=nw, eps=1e-6)
+    xn = _rms(x.double(), nw.double(), 1e-6)
+    ref = F.silu(xn @ wg.double().T) * (xn @ wu.double().T)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)

@@ -245,3 +245,28 @@ def test_resolve_kernels(monkeypatch):
 def test_bad_kernels_value_names_key_and_allowed_values():
     with pytest.raises(ConfigError, match=r"rollout\.kernels.*'cuda'.*'auto', 'triton' or"):
         load_config("default", ["rollout.kernels=cuda"])
+
+
+@needs_triton
+def test_fused_decode_layers_match_the_eager_ones():
+    """``layer="triton"``: each decode layer in qkv_rope, the attention, two rows_linear and
+    gate_up_silu with the norms and residual adds folded in; the same tokens and
+    log-probabilities as the tensor-op layers, greedy and sampled (same random stream)."""
+    model = _qwen(head_dim=32)
+    for greedy in (True, False):
+        ref = _run(model, greedy)
+        fused = _run(model, greedy, attention="triton", layer="triton")
+        assert torch.equal(fused[0], ref[0])
+        torch.testing.assert_close(fused[1], ref[1], atol=1e-4, rtol=0)
+    kw = dict(eos_token_id=2, pad_token_id=0, temperature=1.0, top_p=1.0, greedy=True,
+              generator=None, use_graph=False, layer="triton")  # fmt: skip
+    assert StaticSampler(model, 6, 64, 2, attention="triton", **kw).layer == "triton"
+    # it needs the attention kernel, one row tile and a head size of at least 32
+    assert StaticSampler(model, 6, 64, 2, **kw).layer == "torch"
+    assert (
+        StaticSampler(model, G.GATE_UP_MAX_ROWS + 1, 64, 2, attention="triton", **kw).layer
+        == "torch"
+    )
+    assert StaticSampler(_qwen(), 6, 64, 2, attention="triton", **kw).layer == "torch"
+    with pytest.raises(ValueError, match="layer 'cuda'"):
+        _run(model, True, layer="cuda")

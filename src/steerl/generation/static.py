@@ -44,6 +44,9 @@ ATTENTION = ("sdpa", "triton")
 PICK = ("torch", "triton")
 #: The MLP's gated half: ``torch`` or ``triton`` (:func:`steerl.generation.gemm.gate_up_silu`).
 MLP = ("torch", "triton")
+#: The whole decode layer: ``torch`` (the pieces above) or ``triton``: four Triton kernels
+#: besides the attention (:meth:`StaticSampler._layer_fused`).
+LAYER = ("torch", "triton")
 #: Architectures whose decoder layers this sampler reproduces.
 SUPPORTED = ("llama", "qwen2", "qwen3")
 #: Prompt widths are rounded up to this multiple so one captured graph serves many batches.
@@ -95,6 +98,7 @@ class StaticSampler:
         attention: str = "sdpa",
         pick: str = "torch",
         mlp: str = "torch",
+        layer: str = "torch",
     ):
         conf = model.config
         dev = next(model.parameters()).device
@@ -149,16 +153,23 @@ class StaticSampler:
         self.compiled = compile_step and (
             not hasattr(attn, "q_norm") and layer0.self_attn.o_proj.bias is None and silu_mlp
         )
-        if attention not in ATTENTION or pick not in PICK or mlp not in MLP:
+        if attention not in ATTENTION or pick not in PICK or mlp not in MLP or layer not in LAYER:
             raise ValueError(
-                f"attention {attention!r} / pick {pick!r} / mlp {mlp!r}: allowed "
-                f"{ATTENTION} / {PICK} / {MLP}"
+                f"attention {attention!r} / pick {pick!r} / mlp {mlp!r} / layer {layer!r}: "
+                f"allowed {ATTENTION} / {PICK} / {MLP} / {LAYER}"
             )
         self.attention = attention
         from steerl.generation.gemm import GATE_UP_MAX_ROWS
 
         # the kernel computes the SiLU gating only, for one tile of rows
         self.mlp = mlp if silu_mlp and n <= GATE_UP_MAX_ROWS else "torch"
+        # the fused layer: the plain Llama/Qwen2 layer (as compiled above), one row tile, a
+        # head size whose halves suit the RoPE tiles; it replaces the compiled layers
+        plain = not hasattr(attn, "q_norm") and attn.o_proj.bias is None and silu_mlp
+        d = self.head_dim
+        fits = n <= GATE_UP_MAX_ROWS and d >= 32 and not d & (d - 1)
+        self.layer = layer if plain and fits and attention == "triton" else "torch"
+        self.compiled = self.compiled and self.layer == "torch"
         # sampling: plain top-p sorts the vocabulary, which stays on tensor ops
         self.pick = pick if top_p >= 1 else "torch"
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -204,6 +215,28 @@ class StaticSampler:
             h, o, attn.o_proj.weight, ln2.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
             mlp.down_proj.weight, eps_of(ln2),
         )  # fmt: skip
+
+    def _layer_fused(self, i: int, h: torch.Tensor, cos, sin, slot) -> torch.Tensor:
+        """One decode-step layer in five kernels: h (N, H) -> (N, H). Norms, q/k/v, RoPE and
+        the cache writes (:func:`~steerl.generation.qkv.qkv_rope`); attention; the output
+        projection with the residual; the norm and the gated half of the MLP; the down
+        projection with the residual (:mod:`steerl.generation.gemm`)."""
+        from steerl.generation.gemm import gate_up_silu, rows_linear
+        from steerl.generation.kernels import decode_attention
+        from steerl.generation.qkv import qkv_rope
+
+        layer = self.base.layers[i]
+        ln1, ln2, mlp = layer.input_layernorm, layer.post_attention_layernorm, layer.mlp
+        kc, vc = self.k_cache[i], self.v_cache[i]
+        q = qkv_rope(
+            h, ln1.weight, eps_of(ln1), self.w_qkv[i], self.b_qkv[i], cos, sin, slot, kc, vc,
+            self.n_heads, self.n_kv,
+        )  # fmt: skip
+        o = decode_attention(q, kc, vc, self.valid, self.scaling)
+        h = rows_linear(o.view(h.shape[0], -1), layer.self_attn.o_proj.weight, res=h)
+        a = gate_up_silu(h, mlp.gate_proj.weight, mlp.up_proj.weight, norm_w=ln2.weight,
+                         eps=eps_of(ln2))  # fmt: skip
+        return rows_linear(a, mlp.down_proj.weight, res=h)
 
     def _gate_up(self, x: torch.Tensor, mlp: torch.nn.Module, decode: bool = True):
         """``act(gate(x)) * up(x)`` of one layer's MLP; x (N, q, H) -> (N, q, I). The kernel
@@ -349,6 +382,12 @@ class StaticSampler:
         slot = self.step - 1 + self.p  # (1,)
         self.valid.index_fill_(1, slot, True)
         pos = self.base_pos + self.step - 1  # (N,)
+        if self.layer == "triton":
+            h = self.base.embed_tokens(self.cur)
+            cos, sin = self.cos[pos], self.sin[pos]  # (N, D)
+            for i in range(len(self.base.layers)):
+                h = self._layer_fused(i, h, cos, sin, slot)
+            return h
         cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # (N, 1, 1, D)
         # one additive mask per step (SDPA turns a boolean one into this on every call)
         mask = torch.zeros((self.n, 1, 1, self.s), dtype=self.dtype, device=self.valid.device)
@@ -481,6 +520,8 @@ def static_generate(
         attention="triton" if kernels == "triton" else "sdpa",
         pick=kernels,
         mlp=kernels,
+        # whole fused layers with the kernels, unless the layers are to be compiled
+        layer="torch" if compile and use_graph else kernels,
     )
     if keep:  # a one-off sampler neither enters the cache nor evicts from it
         while len(_SAMPLERS) >= _KEEP:
