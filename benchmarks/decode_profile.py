@@ -130,27 +130,28 @@ def bench_gate_up(dev, layers: int = 24) -> None:
               "tensor ops); used below", flush=True)  # fmt: skip
 
 
-#: rows_linear / qkv_rope tiles tried by :func:`bench_layer_kernels`: (BLOCK_N or BLOCK_H,
-#: BLOCK_K, stages, warps).
+#: rows_linear tiles tried by :func:`bench_layer_kernels`: (BLOCK_N, BLOCK_K, stages, warps,
+#: split_k); the o projection (896 deep) tries the unsplit ones only.
 ROWS_CONFIGS = [
-    (16, 128, 4, 4),
-    (16, 256, 3, 4),
-    (16, 64, 6, 4),
-    (32, 128, 4, 4),
-    (32, 64, 5, 4),
-    (16, 512, 2, 4),
-    (16, 128, 4, 2),
-    (32, 256, 3, 8),
+    (16, 128, 4, 4, 1),
+    (16, 256, 3, 4, 1),
+    (32, 128, 4, 4, 1),
+    (16, 128, 4, 4, 2),
+    (16, 128, 4, 4, 4),
+    (16, 256, 3, 4, 4),
+    (32, 128, 4, 4, 4),
+    (16, 128, 4, 4, 8),
+    (32, 64, 4, 4, 8),
+    (64, 128, 3, 4, 8),
 ]
+#: qkv_rope tiles: (BLOCK_H, BLOCK_K, stages, warps).
 QKV_CONFIGS = [
     (32, 32, 4, 4),
     (32, 64, 3, 4),
+    (16, 64, 4, 4),
     (16, 128, 4, 4),
-    (16, 256, 3, 4),
-    (16, 64, 6, 4),
-    (32, 128, 4, 4),
-    (32, 64, 4, 4),
-    (16, 128, 3, 2),
+    (32, 128, 3, 4),
+    (16, 32, 4, 4),
 ]
 
 
@@ -158,9 +159,11 @@ def sweep(name: str, configs, run, ref, nbytes: float, base_ms: float, layers: i
     """Time ``run(**tile)`` (``layers`` products in one CUDA graph) per tile; print GB/s and
     the error of its first product against ``ref``; returns (ms, tile) of the fastest."""
     best = None
-    for bn, bk, stages, warps in configs:
-        kw = dict(block_k=bk, stages=stages, warps=warps)
-        kw["block_h" if name == "qkv_rope" else "block_n"] = bn
+    for cfg in configs:
+        kw = dict(block_k=cfg[1], stages=cfg[2], warps=cfg[3])
+        kw["block_h" if name == "qkv_rope" else "block_n"] = cfg[0]
+        if len(cfg) > 4:
+            kw["split_k"] = cfg[4]
         try:
             out = run(first=True, **kw).float()
             rel = ((out - ref).norm() / ref.norm()).item()
@@ -171,7 +174,7 @@ def sweep(name: str, configs, run, ref, nbytes: float, base_ms: float, layers: i
         print(f"{name} {kw}: {1e3 * ms:.1f} us per layer, {nbytes / ms / 1e6:.0f} GB/s, "
               f"rel. error vs float64 {rel:.1e}", flush=True)  # fmt: skip
         if best is None or ms < best[0]:
-            best = (ms, (bn, bk, stages, warps))
+            best = (ms, cfg)
     if best is not None:
         print(f"{name}: fastest {best[1]} at {1e3 * best[0]:.1f} us ({base_ms / best[0]:.2f}x "
               "the tensor ops)", flush=True)  # fmt: skip
@@ -179,9 +182,9 @@ def sweep(name: str, configs, run, ref, nbytes: float, base_ms: float, layers: i
 
 
 def bench_layer_kernels(dev, layers: int = 24) -> None:
-    """The fused layer's kernels on the anchor's shapes (64 rows) over ``layers`` distinct
-    weights in one CUDA graph, per tile, against the tensor ops they replace; the fastest
-    tiles become the defaults for the variants below."""
+    """The fused layer's kernels as it runs them (anchor shapes, 64 rows; each norm's input
+    prepared by the kernel before), over ``layers`` distinct weights in one CUDA graph, per
+    tile, against the tensor ops they replace; the fastest tiles serve the variants below."""
     from steerl.generation import gemm as G
     from steerl.generation import qkv as Q
 
@@ -202,27 +205,37 @@ def bench_layer_kernels(dev, layers: int = 24) -> None:
     kc, vc = rnd(layers, n, hkv, s, d), rnd(layers, n, hkv, s, d)
     cos, sin = rnd(n, d), rnd(n, d)
     slot = torch.tensor([100], device=dev)
+    hw, ss = h * nw, h.float().pow(2).sum(-1, keepdim=True)  # the prepared norm input
 
     def norm64(t):
         t = t.double()
         return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6) * nw.double()
 
-    # o projection + residual (896 -> 896) and down projection + residual (4,864 -> 896)
+    # o projection (896 -> 896) and down projection (4,864 -> 896), with the residual and the
+    # next norm's input (norm_out), against GEMM + add + RMSNorm
     for name, xin, ws in (("o_proj", x, w_o), ("down", a, w_d)):
-        base = graph_ms(lambda xin=xin, ws=ws: [h + F.linear(xin, w) for w in ws]) / layers
+
+        def torch_ops(xin=xin, ws=ws):
+            for w in ws:
+                F.rms_norm(h + F.linear(xin, w), (hid,), nw, 1e-6)
+
+        base = graph_ms(torch_ops) / layers
         ref = h.double() + xin.double() @ ws[0].double().T
 
         def run(first=False, xin=xin, ws=ws, **kw):
-            outs = [G.rows_linear(xin, w, res=h, **kw) for w in ws[: 1 if first else None]]
-            return outs[0]
+            outs = [
+                G.rows_linear(xin, w, res=h, norm_out=nw, **kw) for w in ws[: 1 if first else None]
+            ]
+            return outs[0][0]
 
         nbytes = ws[0].numel() * 2
-        print(f"{name}, tensor ops (GEMM + add): {1e3 * base:.1f} us per layer", flush=True)
-        best = sweep(f"rows_linear {name}", ROWS_CONFIGS, run, ref, nbytes, base, layers)
+        print(f"{name}, tensor ops (GEMM + add + norm): {1e3 * base:.1f} us per layer", flush=True)
+        configs = [c for c in ROWS_CONFIGS if name == "down" or c[4] <= 2]
+        best = sweep(f"rows_linear {name}", configs, run, ref, nbytes, base, layers)
         if best is not None and name == "down":  # the bigger one sets the default
-            G.ROWS_BLOCK_N, G.ROWS_BLOCK_K, G.ROWS_STAGES, G.ROWS_WARPS = best[1]
+            G.ROWS_BLOCK_N, G.ROWS_BLOCK_K, G.ROWS_STAGES, G.ROWS_WARPS, G.ROWS_SPLIT_K = best[1]
 
-    # post-attention norm + gate/up + SiLU (896 -> 2 x 4,864)
+    # gate/up + SiLU (896 -> 2 x 4,864) on the prepared norm input
     base = (
         graph_ms(
             lambda: [
@@ -238,15 +251,15 @@ def bench_layer_kernels(dev, layers: int = 24) -> None:
 
     def run_gu(first=False, **kw):
         ws = w_gu[: 1 if first else None]
-        return [G.gate_up_silu(h, w[0], w[1], norm_w=nw, eps=1e-6, **kw) for w in ws][0]
+        return [G.gate_up_silu(hw, w[0], w[1], ss=ss, eps=1e-6, **kw) for w in ws][0]
 
     print(f"norm + gate/up, tensor ops: {1e3 * base:.1f} us per layer", flush=True)
-    best = sweep("gate_up_silu+norm", GATE_UP_CONFIGS, run_gu, ref, 2 * inter * hid * 2, base,
-                 layers)  # fmt: skip
+    best = sweep("gate_up_silu (prescaled)", GATE_UP_CONFIGS, run_gu, ref, 2 * inter * hid * 2,
+                 base, layers)  # fmt: skip
     if best is not None:
         G.GATE_UP_BLOCK_N, G.GATE_UP_BLOCK_K, G.GATE_UP_STAGES, G.GATE_UP_WARPS = best[1]
 
-    # input norm + q/k/v + RoPE + cache writes
+    # norm + q/k/v + RoPE + cache writes
     from steerl.generation.layers import attn_in
 
     def torch_qkv():
@@ -262,7 +275,7 @@ def bench_layer_kernels(dev, layers: int = 24) -> None:
 
     def run_qkv(first=False, **kw):
         outs = [
-            Q.qkv_rope(h, nw, 1e-6, w, b_qkv, cos, sin, slot, kc[i], vc[i], hq, hkv, **kw)
+            Q.qkv_rope(hw, None, 1e-6, w, b_qkv, cos, sin, slot, kc[i], vc[i], hq, hkv, ss=ss, **kw)
             for i, w in enumerate(w_qkv[: 1 if first else None])
         ]
         return outs[0]

@@ -81,3 +81,42 @@ def test_gate_up_silu_with_the_norm_folded_in_matches_float64():
     xn = _rms(x.double(), nw.double(), 1e-6)
     ref = F.silu(xn @ wg.double().T) * (xn @ wu.double().T)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_prescaled_chain_and_split_k_match_float64(split_k):
+    """The fused layer's hand-over: ``rows_linear(..., norm_out=w)`` returns the next norm's
+    input as ``y * w`` and its partial sums of squares, which the next product turns into
+    ``rms_norm(y, w) W^T`` (``ss=``); with the depth split over programs (the last merges, and
+    puts its counter back to zero) and the residual, as the down projection is run."""
+    g = torch.Generator().manual_seed(4)
+    m, k, n, n2 = 6, 300, 40, 24  # 300 deep in 3 slices of 128 (the last partly empty)
+    x = torch.randn(m, k, generator=g)
+    w = torch.randn(n, k, generator=g) / k**0.5
+    w2, w3 = torch.randn(2, n2, n, generator=g) / n**0.5
+    nw = 1 + 0.5 * torch.randn(n, generator=g)
+    res = torch.randn(m, n, generator=g) * 2
+    y, yw, ss = G.rows_linear(x, w, res=res, norm_out=nw, split_k=split_k, block_k=128)
+    yd = res.double() + x.double() @ w.double().T
+    torch.testing.assert_close(y.double(), yd, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(yw, y * nw, atol=1e-6, rtol=1e-6)
+    assert ss.shape == (m, 3)  # one partial per 16-column tile
+    torch.testing.assert_close(ss.sum(1).double(), yd.pow(2).sum(1), atol=1e-4, rtol=1e-5)
+    normed = _rms(yd, nw.double(), 1e-6)
+    out = G.rows_linear(yw, w2, ss=ss, eps=1e-6)
+    torch.testing.assert_close(out.double(), normed @ w2.double().T, atol=1e-5, rtol=1e-5)
+    gated = G.gate_up_silu(yw, w2, w3, ss=ss, eps=1e-6)
+    ref = F.silu(normed @ w2.double().T) * (normed @ w3.double().T)
+    torch.testing.assert_close(gated.double(), ref, atol=1e-5, rtol=1e-5)
+    if split_k > 1:
+        counters = K.ARRIVAL_COUNTERS[(x.device, 3)]  # 3 column tiles x 1 row tile
+        assert not counters.any()
+        again = G.rows_linear(x, w, res=res, norm_out=nw, split_k=split_k, block_k=128)
+        assert all(torch.equal(a, b) for a, b in zip(again, (y, yw, ss)))
+        with pytest.raises(ValueError, match="split_k"):
+            G.rows_linear(x, w, norm_w=torch.ones(k), split_k=2)
+    with pytest.raises(ValueError, match="not both"):
+        G.rows_linear(yw, w2, ss=ss, norm_w=nw)
+    with pytest.raises(ValueError, match="norm_out"):
+        G.rows_linear(x, w, norm_out=nw[:-1])

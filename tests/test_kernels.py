@@ -91,7 +91,7 @@ def test_decode_attention_one_launch_merges_deterministically_and_resets_counter
     out = K.decode_attention(q, k, v, valid, 0.25)
     torch.testing.assert_close(out, _sdpa(q, k, v, valid, 0.25), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[1], v[1, :, s - 1].repeat_interleave(3, 0), atol=1e-6, rtol=0)
-    counters = K._ATTN_COUNTERS.get((q.device, n * hkv))
+    counters = K.ARRIVAL_COUNTERS.get((q.device, n * hkv))
     if s > K.ATTN_BLOCK_S * (K.ATTN_SPLITS - 1):
         assert counters is not None and counters.shape == (n * hkv,)
     if counters is not None:
@@ -99,7 +99,7 @@ def test_decode_attention_one_launch_merges_deterministically_and_resets_counter
     again = K.decode_attention(q, k, v, valid, 0.25)
     assert torch.equal(again, out)  # bitwise (on a GPU the merge order ignores arrival order)
     if counters is not None:
-        assert K._ATTN_COUNTERS[(q.device, n * hkv)] is counters  # the same buffer, reused
+        assert K.ARRIVAL_COUNTERS[(q.device, n * hkv)] is counters  # the same buffer, reused
         assert (counters == 0).all()
 
 

@@ -102,3 +102,28 @@ def test_qkv_rope_rejects_bad_shapes():
         call(block_h=32)  # D/2 = 16
     with pytest.raises(ValueError, match="slot"):
         call(slot=torch.tensor([1, 2]))
+
+
+@needs_triton
+def test_qkv_rope_takes_the_prescaled_input_of_the_previous_kernel():
+    """``ss=``: x already times the norm weight, its rows' partial sums of squares from the
+    previous kernel (``rows_linear(..., norm_out=norm_w)``): the same q and cache."""
+    from steerl.generation.qkv import qkv_rope
+
+    n, d = 5, 32
+    x, norm_w, w, b, cos, sin = make(n, d, True, seed=3)
+    slot = torch.tensor([2])
+    kc, vc = caches(n, d)
+    q_ref = qkv_rope(x, norm_w, EPS, w, b, cos, sin, slot, kc, vc, HQ, HKV, block_k=32)
+    k_ref, v_ref = kc[:, :, 2].clone(), vc[:, :, 2].clone()
+    kc[:, :, 2] = 0
+    vc[:, :, 2] = 0
+    ss = torch.stack([x[:, :30].pow(2).sum(1), x[:, 30:].pow(2).sum(1)], 1)  # two partials
+    q = qkv_rope(x * norm_w, None, EPS, w, b, cos, sin, slot, kc, vc, HQ, HKV, ss=ss, block_k=32)
+    torch.testing.assert_close(q, q_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kc[:, :, 2], k_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(vc[:, :, 2], v_ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="ss must be"):
+        qkv_rope(x, None, EPS, w, b, cos, sin, slot, kc, vc, HQ, HKV, ss=ss[:2])
+    with pytest.raises(ValueError, match="norm_w"):
+        qkv_rope(x, None, EPS, w, b, cos, sin, slot, kc, vc, HQ, HKV)

@@ -27,22 +27,62 @@ from steerl.generation.kernels import tl, triton
 if triton is not None:
 
     @triton.jit
+    def _row_scale(ss_ptr, s_ss, rm, M, T, K, eps, BLOCK_T: tl.constexpr):
+        """``rsqrt(mean(x^2) + eps)`` per row from the producer's T partial sums of squares."""
+        t = tl.arange(0, BLOCK_T)
+        parts = tl.load(
+            ss_ptr + rm[:, None] * s_ss + t[None, :],
+            mask=(rm[:, None] < M) & (t[None, :] < T),
+            other=0.0,
+        )
+        return tl.rsqrt(tl.sum(parts, 1) / K + eps)
+
+    @triton.jit
+    def _rows_store(
+        acc, rm, rn, M, N, res_ptr, sr_m, out_ptr, so_m, nwo_ptr, outw_ptr, ssout_ptr, tile_n,
+        n_tiles, RES: tl.constexpr, NORM_OUT: tl.constexpr,
+    ):  # fmt: skip
+        """The residual add and the stores; with NORM_OUT also ``out * w_norm`` and the row
+        sums of squares of this tile's columns (the next kernel's prescaled input)."""
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        if RES:
+            res = tl.load(res_ptr + rm[:, None] * sr_m + rn[None, :], mask=mask, other=0.0)
+            acc += res.to(tl.float32)
+        out = acc.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rm[:, None] * so_m + rn[None, :], out, mask=mask)
+        if NORM_OUT:
+            of = tl.where(mask, out.to(tl.float32), 0.0)
+            nw = tl.load(nwo_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+            ow = (of * nw[None, :]).to(outw_ptr.dtype.element_ty)
+            tl.store(outw_ptr + rm[:, None] * so_m + rn[None, :], ow, mask=mask)
+            tl.store(ssout_ptr + rm * n_tiles + tile_n, tl.sum(of * of, 1), mask=rm < M)
+
+    @triton.jit
     def _rows_kernel(
-        x_ptr, w_ptr, w2_ptr, nw_ptr, res_ptr, out_ptr, M, N, K, sx_m, sw_n, sr_m, so_m, eps,
-        NORM: tl.constexpr, GATED: tl.constexpr, RES: tl.constexpr,
+        x_ptr, w_ptr, w2_ptr, nw_ptr, ssin_ptr, res_ptr, out_ptr, nwo_ptr, outw_ptr, ssout_ptr,
+        part_ptr, count_ptr, M, N, K, KC, sx_m, sw_n, s_ssin, T_IN, sr_m, so_m, eps,
+        NORM: tl.constexpr, PRE: tl.constexpr, GATED: tl.constexpr, RES: tl.constexpr,
+        NORM_OUT: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):  # fmt: skip
-        """One (BLOCK_M rows, BLOCK_N columns) tile of ``[res +] f(norm?(x) W^T)``, with
-        ``f(a) = silu(a) * (norm?(x) W2^T)`` when GATED, else the identity."""
+        """One (BLOCK_M rows, BLOCK_N columns) tile, depth slice ``[pid_k KC, (pid_k + 1) KC)``,
+        of ``[res +] f(norm?(x) W^T)``, ``f(a) = silu(a) * (norm?(x) W2^T)`` when GATED.
+
+        NORM: the RMSNorm computed here (``x`` raw, ``nw`` its weight); PRE: ``x`` already
+        times the norm weight and the row scale from ``ssin``'s partial sums of squares. With
+        SPLIT_K > 1 each depth slice stores its float32 partial tile and the last of the slices
+        to arrive sums them in slice order (deterministic) and stores the tile.
+        """
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
+        pid_k = tl.program_id(2)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         rk = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(pid_k * KC, pid_k * KC + KC, BLOCK_K):
             kk = k0 + rk
             x = tl.load(
                 x_ptr + rm[:, None] * sx_m + kk[None, :],
@@ -59,21 +99,38 @@ if triton is not None:
             acc = tl.dot(x, tl.load(w_ptr + w_off, mask=w_mask, other=0.0), acc)
             if GATED:
                 acc2 = tl.dot(x, tl.load(w2_ptr + w_off, mask=w_mask, other=0.0), acc2)
-        if NORM:
-            r = tl.rsqrt(ss / K + eps)
-            acc = acc * r[:, None]
-            acc2 = acc2 * r[:, None]
-        if GATED:
-            acc = acc * tl.sigmoid(acc) * acc2
-        out_mask = (rm[:, None] < M) & (rn[None, :] < N)
-        if RES:
-            res = tl.load(res_ptr + rm[:, None] * sr_m + rn[None, :], mask=out_mask, other=0.0)
-            acc += res.to(tl.float32)
-        tl.store(
-            out_ptr + rm[:, None] * so_m + rn[None, :],
-            acc.to(out_ptr.dtype.element_ty),
-            mask=out_mask,
-        )
+        n_tiles = tl.num_programs(0)
+        if SPLIT_K == 1:
+            if NORM:
+                r = tl.rsqrt(ss / K + eps)
+                acc = acc * r[:, None]
+                acc2 = acc2 * r[:, None]
+            if PRE:
+                r = _row_scale(ssin_ptr, s_ssin, rm, M, T_IN, K, eps, BLOCK_T)
+                acc = acc * r[:, None]
+                acc2 = acc2 * r[:, None]
+            if GATED:
+                acc = acc * tl.sigmoid(acc) * acc2
+            _rows_store(acc, rm, rn, M, N, res_ptr, sr_m, out_ptr, so_m, nwo_ptr, outw_ptr,
+                        ssout_ptr, pid_n, n_tiles, RES, NORM_OUT)  # fmt: skip
+        else:  # (neither NORM nor GATED: the wrapper refuses them with split_k)
+            tile = pid_m * n_tiles + pid_n
+            loc = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+            tl.store(part_ptr + (tile * SPLIT_K + pid_k) * BLOCK_M * BLOCK_N + loc, acc)
+            # every thread's partial stores before the (one-thread) release of the counter
+            tl.debug_barrier()
+            arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT_K - 1:
+                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for i in tl.static_range(SPLIT_K):  # in slice order, read from L2 (".cg")
+                    at = part_ptr + (tile * SPLIT_K + i) * BLOCK_M * BLOCK_N + loc
+                    acc += tl.load(at, cache_modifier=".cg")
+                if PRE:
+                    r = _row_scale(ssin_ptr, s_ssin, rm, M, T_IN, K, eps, BLOCK_T)
+                    acc = acc * r[:, None]
+                _rows_store(acc, rm, rn, M, N, res_ptr, sr_m, out_ptr, so_m, nwo_ptr,
+                            outw_ptr, ssout_ptr, pid_n, n_tiles, RES, NORM_OUT)  # fmt: skip
+                tl.store(count_ptr + tile, 0)  # ready for the next launch
 
 
 #: Tile of :func:`gate_up_silu`: rows are one tile up to 64, the weights stream in BLOCK_N x
@@ -90,13 +147,15 @@ ROWS_BLOCK_N = 16
 ROWS_BLOCK_K = 128
 ROWS_STAGES = 4
 ROWS_WARPS = 4
+#: Depth slices of :func:`rows_linear` for deep products (the MLP's down projection).
+ROWS_SPLIT_K = 4
 #: Rows up to which the sampler uses these kernels (one row tile: the weights stream once).
 #: More rows re-read the weights once per 64-row tile, where cuBLAS's products, no longer
 #: bound by the weight reads, are the better choice (not measured above 64 rows).
 GATE_UP_MAX_ROWS = 64
 
 
-def _launch(x, w, w2, norm_w, eps, res, tile, defaults) -> torch.Tensor:
+def _launch(x, w, w2, norm_w, eps, res, tile, defaults, *, ss=None, norm_out=None, split_k=1):
     m, k = x.shape
     n = w.shape[0]
     if w.shape[1] != k or (w2 is not None and w2.shape != w.shape):
@@ -104,8 +163,16 @@ def _launch(x, w, w2, norm_w, eps, res, tile, defaults) -> torch.Tensor:
         raise ValueError(f"x {tuple(x.shape)} and weights {shapes} do not match")
     if norm_w is not None and norm_w.shape != (k,):
         raise ValueError(f"norm weight {tuple(norm_w.shape)} does not match x {tuple(x.shape)}")
+    if norm_w is not None and ss is not None:
+        raise ValueError("give norm_w (x raw) or ss (x prescaled), not both")
+    if ss is not None and (ss.dim() != 2 or ss.shape[0] != m or ss.stride(-1) != 1):
+        raise ValueError(f"ss {tuple(ss.shape)} must be (rows, partials) with rows {m}")
     if res is not None and res.shape != (m, n):
         raise ValueError(f"residual {tuple(res.shape)} is not the output's {(m, n)}")
+    if norm_out is not None and norm_out.shape != (n,):
+        raise ValueError(f"norm_out {tuple(norm_out.shape)} does not match the {n} outputs")
+    if split_k < 1 or (split_k > 1 and (w2 is not None or norm_w is not None)):
+        raise ValueError(f"split_k {split_k}: must be >= 1, and 1 with norm_w or a second weight")
     if x.stride(-1) != 1:
         x = x.contiguous()
     w2_ok = w2 is None or (w2.stride(-1) == 1 and w2.stride(0) == w.stride(0))
@@ -115,16 +182,33 @@ def _launch(x, w, w2, norm_w, eps, res, tile, defaults) -> torch.Tensor:
         res = res.contiguous()
     block_n, block_k, stages, warps = (t or d for t, d in zip(tile, defaults, strict=True))
     block_m = min(64, max(16, triton.next_power_of_2(m)))
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), split_k)
+    kc = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k  # depth per slice
+    dev = x.device
+    out = torch.empty((m, n), dtype=x.dtype, device=dev)
+    outw = ssout = part = count = out  # placeholders for the arguments a variant leaves unused
+    if norm_out is not None:
+        outw = torch.empty_like(out)
+        ssout = torch.empty((m, grid[0]), dtype=torch.float32, device=dev)
+    if split_k > 1:
+        from steerl.generation.kernels import arrival_counters
+
+        tiles = grid[0] * grid[1]
+        part = torch.empty((tiles, split_k, block_m, block_n), dtype=torch.float32, device=dev)
+        count = arrival_counters(dev, tiles)
     _rows_kernel[grid](
         x, w, w if w2 is None else w2, w if norm_w is None else norm_w,
-        out if res is None else res, out, m, n, k,
-        x.stride(0), w.stride(0), 0 if res is None else res.stride(0), out.stride(0), eps,
-        NORM=norm_w is not None, GATED=w2 is not None, RES=res is not None,
+        out if ss is None else ss, out if res is None else res, out,
+        out if norm_out is None else norm_out, outw, ssout, part, count,
+        m, n, k, kc, x.stride(0), w.stride(0), 0 if ss is None else ss.stride(0),
+        0 if ss is None else ss.shape[1], 0 if res is None else res.stride(0), out.stride(0),
+        eps,
+        NORM=norm_w is not None, PRE=ss is not None, GATED=w2 is not None, RES=res is not None,
+        NORM_OUT=norm_out is not None, SPLIT_K=split_k,
+        BLOCK_T=max(16, triton.next_power_of_2(1 if ss is None else ss.shape[1])),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )  # fmt: skip
-    return out
+    return out if norm_out is None else (out, outw, ssout)
 
 
 def gate_up_silu(
@@ -133,6 +217,7 @@ def gate_up_silu(
     w_up: torch.Tensor,
     *,
     norm_w: torch.Tensor | None = None,
+    ss: torch.Tensor | None = None,
     eps: float = 1e-6,
     block_n: int | None = None,
     block_k: int | None = None,
@@ -140,7 +225,9 @@ def gate_up_silu(
     warps: int | None = None,
 ) -> torch.Tensor:
     """``silu(x' @ w_gate.T) * (x' @ w_up.T)`` in one kernel: x (M, K), weights (N, K) -> (M, N),
-    with ``x' = rms_norm(x, norm_w, eps)`` when ``norm_w`` is given, else ``x``.
+    with ``x' = rms_norm(x, norm_w, eps)`` when ``norm_w`` is given, ``x * rsqrt(ss.sum(1) / K
+    + eps)`` when ``ss`` is (``x`` then already times the norm weight: the ``norm_out`` outputs
+    of :func:`rows_linear`), else ``x``.
 
     The SiLU-gated MLP's first half for the few rows of a decode step: both weight matrices
     stream through once, the products accumulate in float32 and the gating is applied before
@@ -149,7 +236,7 @@ def gate_up_silu(
     """
     tile = (block_n, block_k, stages, warps)
     defaults = (GATE_UP_BLOCK_N, GATE_UP_BLOCK_K, GATE_UP_STAGES, GATE_UP_WARPS)
-    return _launch(x, w_gate, w_up, norm_w, eps, None, tile, defaults)
+    return _launch(x, w_gate, w_up, norm_w, eps, None, tile, defaults, ss=ss)
 
 
 def rows_linear(
@@ -158,15 +245,29 @@ def rows_linear(
     *,
     res: torch.Tensor | None = None,
     norm_w: torch.Tensor | None = None,
+    ss: torch.Tensor | None = None,
     eps: float = 1e-6,
+    norm_out: torch.Tensor | None = None,
+    split_k: int | None = None,
     block_n: int | None = None,
     block_k: int | None = None,
     stages: int | None = None,
     warps: int | None = None,
-) -> torch.Tensor:
-    """``res + x' @ w.T`` in one kernel: x (M, K), w (N, K), res (M, N) or None -> (M, N), with
-    ``x' = rms_norm(x, norm_w, eps)`` when ``norm_w`` is given. Accumulates in float32 and
-    rounds once (the residual add included)."""
+):
+    """``y = res + x' @ w.T`` in one kernel: x (M, K), w (N, K), res (M, N) or None -> (M, N).
+
+    ``x'`` is ``rms_norm(x, norm_w, eps)`` with ``norm_w``; ``x * rsqrt(ss.sum(1) / K + eps)``
+    with ``ss`` (M, T), the partial sums of squares of the rows of which ``x`` is the
+    norm-weighted copy; else ``x``. With ``norm_out`` (N,) returns ``(y, y * norm_out, ss_y)``:
+    the next RMSNorm's input prepared for the next kernel (``ss_y`` (M, tiles) its partial
+    sums of squares). ``split_k`` slices the depth over that many programs per output tile
+    (more programs for a deep, narrow product; default :data:`ROWS_SPLIT_K` for K of 2,048
+    and more) whose last merges the slices in order. Accumulates in float32, rounds once.
+    """
+    if split_k is None:
+        split_k = ROWS_SPLIT_K if x.shape[-1] >= 2048 and norm_w is None else 1
     tile = (block_n, block_k, stages, warps)
     defaults = (ROWS_BLOCK_N, ROWS_BLOCK_K, ROWS_STAGES, ROWS_WARPS)
-    return _launch(x, w, None, norm_w, eps, res, tile, defaults)
+    return _launch(
+        x, w, None, norm_w, eps, res, tile, defaults, ss=ss, norm_out=norm_out, split_k=split_k
+    )

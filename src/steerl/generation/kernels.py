@@ -223,24 +223,25 @@ if triton is not None:
 ATTN_BLOCK_S = 64
 ATTN_SPLITS = 8
 
-#: :func:`decode_attention`'s arrival counters (int32, one per (row, KV head)), by (device,
-#: count), zeroed once. Each launch leaves them at zero again (the last program of each
-#: (row, KV head) resets its counter), so later launches need no fill kernel (a per-call
-#: ``torch.zeros`` would be the second launch the fused kernel saves). They are kept for good,
+#: Arrival counters of the kernels whose last program merges the others' partial results
+#: (:func:`decode_attention`: one per (row, KV head); split-K ``gemm.rows_linear``: one per
+#: output tile), int32, by (device, count), zeroed once. Each launch leaves them at zero again
+#: (the last program of each group resets its counter), so later launches need no fill kernel
+#: (a per-call ``torch.zeros`` would be the launch the merge saves). They are kept for good,
 #: never replaced or freed: a captured CUDA graph bakes in the address it was captured with
 #: and goes on using it at every replay. Launches sharing a buffer must not overlap in time
 #: (one stream, as the sampler's decode step and its graph replays are).
-_ATTN_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+ARRIVAL_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
-def _attn_counters(device: torch.device, numel: int) -> torch.Tensor:
-    """The zeroed arrival counters for ``numel`` (row, KV head) pairs on ``device``."""
+def arrival_counters(device: torch.device, numel: int) -> torch.Tensor:
+    """``numel`` zeroed arrival counters on ``device`` (see :data:`ARRIVAL_COUNTERS`)."""
     key = (device, numel)
-    buf = _ATTN_COUNTERS.get(key)
+    buf = ARRIVAL_COUNTERS.get(key)
     if buf is None:
         # Normally allocated by a warm-up call before any capture; allocated during a capture,
         # the fill is captured too (it then zeroes the already-zero counters on each replay).
-        buf = _ATTN_COUNTERS[key] = torch.zeros(numel, dtype=torch.int32, device=device)
+        buf = ARRIVAL_COUNTERS[key] = torch.zeros(numel, dtype=torch.int32, device=device)
     return buf
 
 
@@ -276,7 +277,7 @@ def decode_attention(
         m = torch.empty((n, hkv, splits, block_g), dtype=torch.float32, device=dev)
         lsum = torch.empty_like(m)
         acc = torch.empty((n, hkv, splits, block_g, d), dtype=torch.float32, device=dev)
-        count = _attn_counters(dev, n * hkv)
+        count = arrival_counters(dev, n * hkv)
     valid = valid.view(torch.uint8)
     _decode_attention_kernel[(n, hkv, splits)](
         q, k, v, valid, m, lsum, acc, count, out,

@@ -30,13 +30,17 @@ import torch
 from steerl.generation.kernels import tl, triton
 
 if triton is not None:
+    from steerl.generation.gemm import _row_scale  # called in the kernel
+
+if triton is not None:
 
     @triton.jit
     def _qkv_rope_kernel(
-        x_ptr, nw_ptr, w_ptr, b_ptr, cos_ptr, sin_ptr, slot_ptr, q_ptr, kc_ptr, vc_ptr,
-        M, K, eps, sx_m, sw_n, scos_m, ssin_m, sq_m, sq_h,
+        x_ptr, nw_ptr, ss_ptr, w_ptr, b_ptr, cos_ptr, sin_ptr, slot_ptr, q_ptr, kc_ptr, vc_ptr,
+        M, K, eps, sx_m, s_ss, T_IN, sw_n, scos_m, ssin_m, sq_m, sq_h,
         skc_m, skc_h, skc_s, svc_m, svc_h, svc_s,
         NQ: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
+        PRE: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     ):  # fmt: skip
         """Columns [c, c + BLOCK_H) and D/2 + [c, c + BLOCK_H) of one head, all rows: RMSNorm,
@@ -62,16 +66,23 @@ if triton is not None:
                 x_ptr + rm[:, None] * sx_m + kk[None, :],
                 mask=row_ok[:, None] & k_ok[None, :],
                 other=0.0,
-            ).to(tl.float32)
-            ss += tl.sum(x * x, axis=1)
-            nw = tl.load(nw_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
-            xw = (x * nw[None, :]).to(w_ptr.dtype.element_ty)
+            )
+            if PRE:  # x already times the norm weight (rows_linear's norm_out)
+                xw = x.to(w_ptr.dtype.element_ty)
+            else:
+                xf = x.to(tl.float32)
+                ss += tl.sum(xf * xf, axis=1)
+                nw = tl.load(nw_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+                xw = (xf * nw[None, :]).to(w_ptr.dtype.element_ty)
             w_mask = k_ok[:, None]  # every column exists: the grid covers exactly the heads
             wa = tl.load(w_ptr + cols_a[None, :] * sw_n + kk[:, None], mask=w_mask, other=0.0)
             wb = tl.load(w_ptr + cols_b[None, :] * sw_n + kk[:, None], mask=w_mask, other=0.0)
             acc_a = tl.dot(xw, wa, acc_a)  # (BLOCK_K, BLOCK_H) tiles of W^T
             acc_b = tl.dot(xw, wb, acc_b)
-        r = tl.rsqrt(ss / K + eps)
+        if PRE:
+            r = _row_scale(ss_ptr, s_ss, rm, M, T_IN, K, eps, BLOCK_T)
+        else:
+            r = tl.rsqrt(ss / K + eps)
         acc_a = acc_a * r[:, None]
         acc_b = acc_b * r[:, None]
         if HAS_BIAS:
@@ -126,7 +137,7 @@ def _pow2(v: int) -> bool:
 
 def qkv_rope(
     x: torch.Tensor,
-    norm_w: torch.Tensor,
+    norm_w: torch.Tensor | None,
     eps: float,
     w_qkv: torch.Tensor,
     b_qkv: torch.Tensor | None,
@@ -138,6 +149,7 @@ def qkv_rope(
     n_heads: int,
     n_kv: int,
     *,
+    ss: torch.Tensor | None = None,
     block_h: int | None = None,
     block_k: int | None = None,
     stages: int | None = None,
@@ -155,13 +167,18 @@ def qkv_rope(
     Writes k (rotated) and v into ``k_cache[:, :, slot]`` / ``v_cache[:, :, slot]`` and
     returns q (N, n_heads, D), rotated: :func:`steerl.generation.layers.attn_in` without the
     residual add. N is at most :data:`QKV_MAX_ROWS` and D a power of 2 >= 32.
+
+    With ``ss`` (N, T), ``x`` is already times the norm weight (``norm_w`` unused) and ``ss``
+    holds the partial sums of squares of the rows it was made from (the ``norm_out`` outputs
+    of :func:`steerl.generation.gemm.rows_linear`): the norm's row scale comes from them.
     """
     block_k = block_k or QKV_BLOCK_K
     heads = n_heads + 2 * n_kv
 
     def bad(why: str) -> ValueError:
         return ValueError(
-            f"qkv_rope: {why} (x {tuple(x.shape)}, norm_w {tuple(norm_w.shape)}, w_qkv "
+            f"qkv_rope: {why} (x {tuple(x.shape)}, norm_w "
+            f"{None if norm_w is None else tuple(norm_w.shape)}, w_qkv "
             f"{tuple(w_qkv.shape)}, b_qkv {None if b_qkv is None else tuple(b_qkv.shape)}, "
             f"cos {tuple(cos.shape)}, sin {tuple(sin_signed.shape)}, k_cache "
             f"{tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}, heads {n_heads}/{n_kv})"
@@ -180,8 +197,10 @@ def qkv_rope(
     block_h = block_h or min(QKV_BLOCK_H, d // 2)
     if cos.shape != (m, d) or sin_signed.shape != (m, d):
         raise bad("cos and sin_signed must be (N, D)")
-    if norm_w.shape != (k,):
+    if ss is None and (norm_w is None or norm_w.shape != (k,)):
         raise bad("norm_w must be (H,)")
+    if ss is not None and (ss.dim() != 2 or ss.shape[0] != m or ss.stride(-1) != 1):
+        raise bad(f"ss must be (N, partials), got {tuple(ss.shape)}")
     if w_qkv.shape != (heads * d, k):
         raise bad("w_qkv must be ((n_heads + 2 n_kv) D, H)")
     if b_qkv is not None and b_qkv.shape != (heads * d,):
@@ -206,19 +225,22 @@ def qkv_rope(
         cos = cos.contiguous()
     if sin_signed.stride(-1) != 1:
         sin_signed = sin_signed.contiguous()
-    norm_w = norm_w.contiguous()
+    norm_w = x if ss is not None else norm_w.contiguous()  # (unused with ss)
     if b_qkv is not None:
         b_qkv = b_qkv.contiguous()
     q = torch.empty((m, n_heads, d), dtype=x.dtype, device=x.device)
     block_m = max(16, triton.next_power_of_2(m))
     grid = (heads * (d // 2 // block_h),)
     _qkv_rope_kernel[grid](
-        x, norm_w, w_qkv, w_qkv if b_qkv is None else b_qkv, cos, sin_signed, slot, q,
-        k_cache, v_cache, m, k, float(eps), x.stride(0), w_qkv.stride(0), cos.stride(0),
+        x, norm_w, x if ss is None else ss, w_qkv, w_qkv if b_qkv is None else b_qkv, cos,
+        sin_signed, slot, q, k_cache, v_cache, m, k, float(eps), x.stride(0),
+        0 if ss is None else ss.stride(0), 0 if ss is None else ss.shape[1], w_qkv.stride(0),
+        cos.stride(0),
         sin_signed.stride(0), q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        NQ=n_heads, NKV=n_kv, D=d, HAS_BIAS=b_qkv is not None,
+        NQ=n_heads, NKV=n_kv, D=d, HAS_BIAS=b_qkv is not None, PRE=ss is not None,
+        BLOCK_T=max(16, triton.next_power_of_2(1 if ss is None else ss.shape[1])),
         BLOCK_M=block_m, BLOCK_H=block_h, BLOCK_K=block_k,
         num_warps=warps or QKV_WARPS, num_stages=stages or QKV_STAGES,
     )  # fmt: skip

@@ -216,27 +216,36 @@ class StaticSampler:
             mlp.down_proj.weight, eps_of(ln2),
         )  # fmt: skip
 
-    def _layer_fused(self, i: int, h: torch.Tensor, cos, sin, slot) -> torch.Tensor:
-        """One decode-step layer in five kernels: h (N, H) -> (N, H). Norms, q/k/v, RoPE and
-        the cache writes (:func:`~steerl.generation.qkv.qkv_rope`); attention; the output
-        projection with the residual; the norm and the gated half of the MLP; the down
-        projection with the residual (:mod:`steerl.generation.gemm`)."""
+    def _layer_fused(self, i: int, h, hw, ss, cos, sin, slot):
+        """One decode-step layer in five kernels: ``(h, hw, ss) -> (h', hw', ss')``.
+
+        ``h`` (N, H) is the residual stream, ``hw`` it times the layer's input-norm weight and
+        ``ss`` its rows' partial sums of squares, made by the kernel before (each RMSNorm is
+        folded into the product after it: :mod:`steerl.generation.gemm`). Norm, q/k/v, RoPE
+        and the cache writes (:func:`~steerl.generation.qkv.qkv_rope`); attention; the output
+        projection with the residual; the gated half of the MLP; the down projection with the
+        residual. The last layer returns ``hw' = ss' = None`` (the head norms on its own).
+        """
         from steerl.generation.gemm import gate_up_silu, rows_linear
         from steerl.generation.kernels import decode_attention
         from steerl.generation.qkv import qkv_rope
 
-        layer = self.base.layers[i]
+        layers = self.base.layers
+        layer = layers[i]
         ln1, ln2, mlp = layer.input_layernorm, layer.post_attention_layernorm, layer.mlp
         kc, vc = self.k_cache[i], self.v_cache[i]
         q = qkv_rope(
-            h, ln1.weight, eps_of(ln1), self.w_qkv[i], self.b_qkv[i], cos, sin, slot, kc, vc,
-            self.n_heads, self.n_kv,
+            hw, None, eps_of(ln1), self.w_qkv[i], self.b_qkv[i], cos, sin, slot, kc, vc,
+            self.n_heads, self.n_kv, ss=ss,
         )  # fmt: skip
         o = decode_attention(q, kc, vc, self.valid, self.scaling)
-        h = rows_linear(o.view(h.shape[0], -1), layer.self_attn.o_proj.weight, res=h)
-        a = gate_up_silu(h, mlp.gate_proj.weight, mlp.up_proj.weight, norm_w=ln2.weight,
-                         eps=eps_of(ln2))  # fmt: skip
-        return rows_linear(a, mlp.down_proj.weight, res=h)
+        w_o = layer.self_attn.o_proj.weight
+        h, hw, ss = rows_linear(o.view(h.shape[0], -1), w_o, res=h, norm_out=ln2.weight)
+        a = gate_up_silu(hw, mlp.gate_proj.weight, mlp.up_proj.weight, ss=ss, eps=eps_of(ln2))
+        if i + 1 == len(layers):
+            return rows_linear(a, mlp.down_proj.weight, res=h), None, None
+        next_w = layers[i + 1].input_layernorm.weight
+        return rows_linear(a, mlp.down_proj.weight, res=h, norm_out=next_w)
 
     def _gate_up(self, x: torch.Tensor, mlp: torch.nn.Module, decode: bool = True):
         """``act(gate(x)) * up(x)`` of one layer's MLP; x (N, q, H) -> (N, q, I). The kernel
@@ -384,9 +393,11 @@ class StaticSampler:
         pos = self.base_pos + self.step - 1  # (N,)
         if self.layer == "triton":
             h = self.base.embed_tokens(self.cur)
+            hw = h * self.base.layers[0].input_layernorm.weight
+            ss = h.float().pow(2).sum(-1, keepdim=True)
             cos, sin = self.cos[pos], self.sin[pos]  # (N, D)
             for i in range(len(self.base.layers)):
-                h = self._layer_fused(i, h, cos, sin, slot)
+                h, hw, ss = self._layer_fused(i, h, hw, ss, cos, sin, slot)
             return h
         cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # (N, 1, 1, D)
         # one additive mask per step (SDPA turns a boolean one into this on every call)
