@@ -144,6 +144,17 @@ ROWS_CONFIGS = [
     (32, 64, 4, 4, 8),
     (64, 128, 3, 4, 8),
 ]
+#: decode_attention tiles: (BLOCK_S, splits, warps).
+ATTN_CONFIGS = [
+    (64, 8, 4),
+    (64, 4, 4),
+    (64, 2, 4),
+    (64, 1, 4),
+    (128, 2, 4),
+    (128, 1, 4),
+    (32, 8, 4),
+    (64, 4, 2),
+]
 #: qkv_rope tiles: (BLOCK_H, BLOCK_K, stages, warps).
 QKV_CONFIGS = [
     (32, 32, 4, 4),
@@ -258,6 +269,50 @@ def bench_layer_kernels(dev, layers: int = 24) -> None:
                  base, layers)  # fmt: skip
     if best is not None:
         G.GATE_UP_BLOCK_N, G.GATE_UP_BLOCK_K, G.GATE_UP_STAGES, G.GATE_UP_WARPS = best[1]
+
+    # decode attention (64 rows, 14 query heads on 2 KV heads, 320 keys of which 200 valid)
+    from steerl.generation import kernels as K
+
+    q = rnd(n, hq, d)
+    valid = torch.zeros(n, s, dtype=torch.bool, device=dev)
+    valid[:, :200] = True
+    mask = torch.zeros(n, 1, 1, s, dtype=torch.bfloat16, device=dev)
+    mask.masked_fill_(~valid[:, None, None], float("-inf"))
+    qg = q.view(n, hkv, hq // hkv, d)
+    base = (
+        graph_ms(
+            lambda: [
+                F.scaled_dot_product_attention(qg, kc[i], vc[i], attn_mask=mask, scale=0.125)
+                for i in range(layers)
+            ]  # fmt: skip
+        )
+        / layers
+    )
+    ref = F.scaled_dot_product_attention(
+        q[:, :, None].double(),
+        kc[0].double().repeat_interleave(hq // hkv, 1),
+        vc[0].double().repeat_interleave(hq // hkv, 1),
+        attn_mask=valid[:, None, None],
+        scale=0.125,
+    )[:, :, 0]
+    print(f"attention, SDPA: {1e3 * base:.1f} us per layer", flush=True)
+    best = None
+    for block_s, splits, warps in ATTN_CONFIGS:
+        kw = dict(block_s=block_s, splits=splits, warps=warps)
+        try:
+            rel = (K.decode_attention(q, kc[0], vc[0], valid, 0.125, **kw).float() - ref).norm()
+            ms = graph_ms(lambda kw=kw: [K.decode_attention(q, kc[i], vc[i], valid, 0.125, **kw)
+                                         for i in range(layers)]) / layers  # fmt: skip
+        except Exception as e:  # noqa: BLE001
+            print(f"decode_attention {kw}: failed: {type(e).__name__}: {str(e)[:200]}")
+            continue
+        print(f"decode_attention {kw}: {1e3 * ms:.1f} us per layer, rel. error "
+              f"{(rel / ref.norm()).item():.1e}", flush=True)  # fmt: skip
+        if best is None or ms < best[0]:
+            best = (ms, (block_s, splits, warps))
+    if best is not None:
+        K.ATTN_BLOCK_S, K.ATTN_SPLITS, K.ATTN_WARPS = best[1]
+        print(f"decode_attention: fastest {best[1]} at {1e3 * best[0]:.1f} us", flush=True)
 
     # norm + q/k/v + RoPE + cache writes
     from steerl.generation.layers import attn_in

@@ -141,43 +141,70 @@ if triton is not None:
                 tl.store(count_ptr + row * HKV + kvh, 0)  # ready for the next launch
 
     @triton.jit
+    def _race_update(
+        logits_ptr, row, s_logits, offs, V, inv_temp, u, m, ssum, best, best_idx, best_z,
+        GREEDY: tl.constexpr,
+    ):  # fmt: skip
+        """One block of logits into the lane-wise running log-sum-exp and race winner."""
+        ok = offs < V
+        z = tl.load(logits_ptr + row * s_logits + offs, mask=ok, other=float("-inf"))
+        z = z.to(tl.float32) * inv_temp
+        m_new = tl.maximum(m, z)
+        ssum = ssum * tl.exp(m - m_new) + tl.exp(z - m_new)
+        if GREEDY:
+            race = z
+        else:
+            race = z - tl.log(-tl.log(u))  # E = -log U ~ Exp(1)
+        race = tl.where(ok, race, float("-inf"))
+        better = race > best
+        best = tl.where(better, race, best)
+        best_idx = tl.where(better, offs, best_idx)
+        best_z = tl.where(better, z, best_z)
+        return m_new, ssum, best, best_idx, best_z
+
+    @triton.jit
     def _race_partial_kernel(
         logits_ptr, seed_ptr, m_ptr, s_ptr, best_ptr, idx_ptr, zb_ptr,
         s_logits, V, inv_temp,
         SPLITS: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr, GREEDY: tl.constexpr,
     ):  # fmt: skip
+        """Logits [sp * CHUNK, (sp + 1) * CHUNK) of one row, BLOCK at a time as four
+        contiguous quarters that share one Philox call (``rand4x``: four uniforms per counter,
+        a quarter of the generator's arithmetic, which bounds this kernel)."""
+        Q: tl.constexpr = BLOCK // 4
+        ROW_SPAN: tl.constexpr = SPLITS * CHUNK // 4  # Philox counters per row
         row = tl.program_id(0)
         sp = tl.program_id(1)
         seed = tl.load(seed_ptr)
-        m = tl.full((BLOCK,), -1.0e30, tl.float32)
-        ssum = tl.zeros((BLOCK,), tl.float32)
-        best = tl.full((BLOCK,), float("-inf"), tl.float32)
-        best_idx = tl.zeros((BLOCK,), tl.int32)
-        best_z = tl.zeros((BLOCK,), tl.float32)
+        j = tl.arange(0, Q)
+        m = tl.full((Q,), -1.0e30, tl.float32)
+        ssum = tl.zeros((Q,), tl.float32)
+        best = tl.full((Q,), float("-inf"), tl.float32)
+        best_idx = tl.zeros((Q,), tl.int32)
+        best_z = tl.zeros((Q,), tl.float32)
         lo = sp * CHUNK
         for start in range(lo, lo + CHUNK, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            ok = offs < V
-            z = tl.load(logits_ptr + row * s_logits + offs, mask=ok, other=float("-inf"))
-            z = z.to(tl.float32) * inv_temp
-            # lane-wise online log-sum-exp (lanes are combined once, after the loop)
-            m_new = tl.maximum(m, z)
-            ssum = ssum * tl.exp(m - m_new) + tl.exp(z - m_new)
-            m = m_new
             if GREEDY:
-                race = z
-            else:
-                u = tl.rand(seed, row * V + offs)  # U[0, 1); E = -log U ~ Exp(1)
-                race = z - tl.log(-tl.log(u))
-            race = tl.where(ok, race, float("-inf"))
-            better = race > best
-            best = tl.where(better, race, best)
-            best_idx = tl.where(better, offs, best_idx)
-            best_z = tl.where(better, z, best_z)
+                u0, u1, u2, u3 = m, m, m, m  # unused
+            else:  # one counter per position of the quarter: unique over rows and blocks
+                u0, u1, u2, u3 = tl.rand4x(seed, row * ROW_SPAN + start // 4 + j)
+            args = (logits_ptr, row, s_logits)
+            m, ssum, best, best_idx, best_z = _race_update(
+                *args, start + j, V, inv_temp, u0, m, ssum, best, best_idx, best_z, GREEDY
+            )
+            m, ssum, best, best_idx, best_z = _race_update(
+                *args, start + Q + j, V, inv_temp, u1, m, ssum, best, best_idx, best_z, GREEDY
+            )
+            m, ssum, best, best_idx, best_z = _race_update(
+                *args, start + 2 * Q + j, V, inv_temp, u2, m, ssum, best, best_idx, best_z, GREEDY
+            )
+            m, ssum, best, best_idx, best_z = _race_update(
+                *args, start + 3 * Q + j, V, inv_temp, u3, m, ssum, best, best_idx, best_z, GREEDY
+            )
         mm = tl.max(m, 0)
         total = tl.sum(ssum * tl.exp(m - mm), 0)
         top = tl.argmax(best, 0)
-        lane = tl.arange(0, BLOCK) == top
+        lane = tl.arange(0, Q) == top
         out = row * SPLITS + sp
         tl.store(m_ptr + out, mm)
         tl.store(s_ptr + out, total)
@@ -222,6 +249,7 @@ if triton is not None:
 #: of an H100's 132 multiprocessors one program that reads 80 KB, 9.2 µs per layer).
 ATTN_BLOCK_S = 64
 ATTN_SPLITS = 8
+ATTN_WARPS = 4
 
 #: Arrival counters of the kernels whose last program merges the others' partial results
 #: (:func:`decode_attention`: one per (row, KV head); split-K ``gemm.rows_linear``: one per
@@ -246,13 +274,23 @@ def arrival_counters(device: torch.device, numel: int) -> torch.Tensor:
 
 
 def decode_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    valid: torch.Tensor,
+    scale: float,
+    *,
+    splits: int | None = None,
+    block_s: int | None = None,
+    warps: int | None = None,
 ) -> torch.Tensor:
     """One-token attention: q (N, Hq, D), k/v (N, Hkv, S, D), valid (N, S) bool -> (N, Hq, D).
 
     Query head ``h`` uses KV head ``h // (Hq // Hkv)`` (as ``repeat_kv``); keys where
     ``valid`` is False are left out. Every row needs at least one valid key. One kernel
-    launch: the keys of each (row, KV head) are split over up to :data:`ATTN_SPLITS`
+    launch (``splits``, ``block_s``, ``warps``: the tile, for tuning; defaults
+    :data:`ATTN_SPLITS`, :data:`ATTN_BLOCK_S`, :data:`ATTN_WARPS`): the keys of each (row, KV
+    head) are split over up to :data:`ATTN_SPLITS`
     programs, and the last of them to finish merges their partial softmaxes in a fixed order
     (the output is bitwise reproducible). Safe to capture in a CUDA graph; concurrent calls
     on different streams of one device are not (they would share the arrival counters).
@@ -265,8 +303,9 @@ def decode_attention(
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("decode_attention needs q, k and v contiguous in the head dimension")
     block_g = max(16, triton.next_power_of_2(g))
-    splits = max(1, min(ATTN_SPLITS, triton.cdiv(s, ATTN_BLOCK_S)))
-    chunk = triton.cdiv(triton.cdiv(s, splits), ATTN_BLOCK_S) * ATTN_BLOCK_S
+    block_s = block_s or ATTN_BLOCK_S
+    splits = max(1, min(splits or ATTN_SPLITS, triton.cdiv(s, block_s)))
+    chunk = triton.cdiv(triton.cdiv(s, splits), block_s) * block_s
     dev = q.device
     out = torch.empty((n, hq, d), dtype=q.dtype, device=dev)
     if splits == 1:  # no partials to merge: the workspace arguments are unused
@@ -284,7 +323,8 @@ def decode_attention(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), valid.stride(0), out.stride(0), out.stride(1),
         scale, s,
-        HKV=hkv, G=g, BLOCK_G=block_g, D=d, BLOCK_S=ATTN_BLOCK_S, CHUNK=chunk, SPLITS=splits,
+        HKV=hkv, G=g, BLOCK_G=block_g, D=d, BLOCK_S=block_s, CHUNK=chunk, SPLITS=splits,
+        num_warps=warps or ATTN_WARPS,
     )  # fmt: skip
     return out
 
@@ -321,7 +361,9 @@ def race_pick(
     n, vocab = logits.shape
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
-    block = block or min(RACE_BLOCK, triton.next_power_of_2(vocab))
+    block = block or min(RACE_BLOCK, max(4, triton.next_power_of_2(vocab)))
+    if block < 4 or block & (block - 1):
+        raise ValueError(f"race_pick: block must be a power of 2 >= 4 (four quarters), got {block}")
     splits = splits or max(1, min(RACE_SPLITS, triton.cdiv(vocab, block)))
     chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
     dev = logits.device

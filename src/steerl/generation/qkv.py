@@ -117,14 +117,14 @@ if triton is not None:
 
 #: Tile of :func:`qkv_rope`: each program owns two half-tiles of BLOCK_H columns of one head
 #: ((n_heads + 2 n_kv) * D / (2 BLOCK_H) programs; BLOCK_H is cut to D/2 for smaller heads)
-#: and streams the weights in BLOCK_K-deep slices. The fastest of 32 configs (BLOCK_H 16/32,
-#: BLOCK_K 32/64, 2-5 stages, 2/4 warps; BLOCK_K 128/256 and 8 warps were slower) on the anchor
-#: layer (64 rows, 896 -> 14 + 2 * 2 heads of 64) on an H200 under CUDA-graph replay: 11.1 us
-#: against 19.6 for ``attn_in``'s tensor ops; also the fastest at 8 rows (8.2 us) and on a
-#: 3,584-wide layer (28 + 2 * 4 heads of 128: 35.0 us, where the tensor ops take 28.1, cuBLAS
-#: streaming the 33 MB of weights faster) (Triton 3.6, 2026-11-28).
-QKV_BLOCK_H = 32
-QKV_BLOCK_K = 32
+#: and streams the weights in BLOCK_K-deep slices. On an H200 under CUDA-graph replay, the
+#: anchor layer (64 rows, 896 -> 14 + 2 * 2 heads of 64) with the norm's input prepared by the
+#: kernel before (``ss``): 6.2 us at (16, 128, 4 stages, 4 warps) against 21.2 for the tensor
+#: ops; (32, 32) 10.4, (32, 64) 9.1 (``benchmarks/decode_profile.py``, 2026-11-28). With the
+#: norm computed in the loop (no ``ss``) (32, 32) was the fastest at 11.1 us, and on a
+#: 3,584-wide layer (28 + 2 * 4 heads of 128) the kernel took 35.0 us against cuBLAS's 28.1.
+QKV_BLOCK_H = 16
+QKV_BLOCK_K = 128
 QKV_STAGES = 4
 QKV_WARPS = 4
 #: Most rows :func:`qkv_rope` takes: one row tile, so the weights stream once.
