@@ -127,7 +127,9 @@ def resolve_backend(name: str, model: PreTrainedModel) -> str:
 
 
 def resolve_kernels(name: str, model: PreTrainedModel, backend: str) -> str:
-    """``rollout.kernels`` -> ``triton`` or ``torch`` for the static sampler's decode step.
+    """``rollout.kernels`` -> ``triton`` or ``torch`` for the static sampler's decode step
+    (``triton``: fused decode layers, or with ``rollout.compile`` the Triton attention, MLP
+    and sampling around the compiled layers; see :mod:`steerl.generation`).
 
     ``auto`` is ``triton`` when the static sampler runs on CUDA, Triton is installed and the
     model's head size suits the attention kernel; ``triton`` asked for where it cannot run

@@ -17,6 +17,6 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(8, ge=1)  # completion length cap (truncated if reached)
     eval_max_new_tokens: int | None = None  # greedy eval cap; null: max_new_tokens
     backend: Literal["auto", "eager", "static"] = "auto"  # sampler; auto: static on CUDA
-    compile: bool = False  # static on CUDA: torch.compile each decode layer (~20% faster)
-    kernels: Literal["auto", "triton", "torch"] = "auto"  # static: Triton decode (auto: on CUDA)
+    compile: bool = False  # static on CUDA: torch.compile each decode layer (not the fused ones)
+    kernels: Literal["auto", "triton", "torch"] = "auto"  # static: fused Triton layers (auto: CUDA)
     ignore_eos: bool = False  # sample past EOS: full-length completions (benchmarks)

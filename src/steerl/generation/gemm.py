@@ -134,20 +134,24 @@ if triton is not None:
 
 
 #: Tile of :func:`gate_up_silu`: rows are one tile up to 64, the weights stream in BLOCK_N x
-#: BLOCK_K tiles. The fastest of ten configs on the anchor MLP (64 rows, 896 -> 4,864) on an
-#: H200: 9.2 us per layer against 14.3 for two cuBLAS products and the pointwise kernel
-#: (``benchmarks/decode_profile.py``, 2026-11-28).
+#: BLOCK_K tiles. The fastest of ten on the anchor MLP (64 rows, 896 -> 4,864; 24 distinct
+#: weight pairs in one CUDA graph) on an H200: 9.2 us per layer against 14.3 for two cuBLAS
+#: products and the pointwise kernel; with the norm's row scale from ``ss`` 9.6 us against
+#: 19.3 for RMSNorm + products + pointwise (``benchmarks/decode_profile.py``, 2026-11-28).
 GATE_UP_BLOCK_N = 64
 GATE_UP_BLOCK_K = 128
 GATE_UP_STAGES = 3
 GATE_UP_WARPS = 4
-#: Tile of :func:`rows_linear` (narrow output columns: the anchor's 896-wide outputs give
-#: 56 programs, to keep more of the card streaming weights).
+#: Tile of :func:`rows_linear` (narrow column tiles: the anchor's 896-wide outputs give 56
+#: programs per depth slice). Same sweep, H200: output projection + residual + ``norm_out``
+#: 4.7 us against 8.3 for GEMM + add + RMSNorm; the down projection (4,864 deep) 8.5 us with
+#: 4 depth slices, 12.8 unsplit, 11.4 with 8 (32-column tiles with 4 slices: 8.4).
 ROWS_BLOCK_N = 16
 ROWS_BLOCK_K = 128
 ROWS_STAGES = 4
 ROWS_WARPS = 4
-#: Depth slices of :func:`rows_linear` for deep products (the MLP's down projection).
+#: Depth slices of :func:`rows_linear` for deep products (K >= 2,048: the MLP's down
+#: projection).
 ROWS_SPLIT_K = 4
 #: Rows up to which the sampler uses these kernels (one row tile: the weights stream once).
 #: More rows re-read the weights once per 64-row tile, where cuBLAS's products, no longer
