@@ -45,7 +45,7 @@ PICK = ("torch", "triton")
 #: The MLP's gated half: ``torch`` or ``triton`` (:func:`steerl.generation.gemm.gate_up_silu`).
 MLP = ("torch", "triton")
 #: The whole decode layer: ``torch`` (the pieces above) or ``triton``: four Triton kernels
-#: besides the attention (:meth:`StaticSampler._layer_fused`).
+#: besides the attention (:mod:`steerl.generation.fused`).
 LAYER = ("torch", "triton")
 #: Architectures whose decoder layers this sampler reproduces.
 SUPPORTED = ("llama", "qwen2", "qwen3")
@@ -163,12 +163,11 @@ class StaticSampler:
 
         # the kernel computes the SiLU gating only, for one tile of rows
         self.mlp = mlp if silu_mlp and n <= GATE_UP_MAX_ROWS else "torch"
-        # the fused layer: the plain Llama/Qwen2 layer (as compiled above), one row tile, a
-        # head size whose halves suit the RoPE tiles; it replaces the compiled layers
-        plain = not hasattr(attn, "q_norm") and attn.o_proj.bias is None and silu_mlp
-        d = self.head_dim
-        fits = n <= GATE_UP_MAX_ROWS and d >= 32 and not d & (d - 1)
-        self.layer = layer if plain and fits and attention == "triton" else "torch"
+        # the fused layer (see its unsupported_reason); it replaces the compiled layers
+        from steerl.generation import fused
+
+        why_not = fused.unsupported_reason(model, n, self.head_dim)
+        self.layer = layer if why_not is None and attention == "triton" else "torch"
         self.compiled = self.compiled and self.layer == "torch"
         # sampling: plain top-p sorts the vocabulary, which stays on tensor ops
         self.pick = pick if top_p >= 1 else "torch"
@@ -215,37 +214,6 @@ class StaticSampler:
             h, o, attn.o_proj.weight, ln2.weight, mlp.gate_proj.weight, mlp.up_proj.weight,
             mlp.down_proj.weight, eps_of(ln2),
         )  # fmt: skip
-
-    def _layer_fused(self, i: int, h, hw, ss, cos, sin, slot):
-        """One decode-step layer in five kernels: ``(h, hw, ss) -> (h', hw', ss')``.
-
-        ``h`` (N, H) is the residual stream, ``hw`` it times the layer's input-norm weight and
-        ``ss`` its rows' partial sums of squares, made by the kernel before (each RMSNorm is
-        folded into the product after it: :mod:`steerl.generation.gemm`). Norm, q/k/v, RoPE
-        and the cache writes (:func:`~steerl.generation.qkv.qkv_rope`); attention; the output
-        projection with the residual; the gated half of the MLP; the down projection with the
-        residual. The last layer returns ``hw' = ss' = None`` (the head norms on its own).
-        """
-        from steerl.generation.gemm import gate_up_silu, rows_linear
-        from steerl.generation.kernels import decode_attention
-        from steerl.generation.qkv import qkv_rope
-
-        layers = self.base.layers
-        layer = layers[i]
-        ln1, ln2, mlp = layer.input_layernorm, layer.post_attention_layernorm, layer.mlp
-        kc, vc = self.k_cache[i], self.v_cache[i]
-        q = qkv_rope(
-            hw, None, eps_of(ln1), self.w_qkv[i], self.b_qkv[i], cos, sin, slot, kc, vc,
-            self.n_heads, self.n_kv, ss=ss,
-        )  # fmt: skip
-        o = decode_attention(q, kc, vc, self.valid, self.scaling)
-        w_o = layer.self_attn.o_proj.weight
-        h, hw, ss = rows_linear(o.view(h.shape[0], -1), w_o, res=h, norm_out=ln2.weight)
-        a = gate_up_silu(hw, mlp.gate_proj.weight, mlp.up_proj.weight, ss=ss, eps=eps_of(ln2))
-        if i + 1 == len(layers):
-            return rows_linear(a, mlp.down_proj.weight, res=h), None, None
-        next_w = layers[i + 1].input_layernorm.weight
-        return rows_linear(a, mlp.down_proj.weight, res=h, norm_out=next_w)
 
     def _gate_up(self, x: torch.Tensor, mlp: torch.nn.Module, decode: bool = True):
         """``act(gate(x)) * up(x)`` of one layer's MLP; x (N, q, H) -> (N, q, I). The kernel
@@ -392,12 +360,18 @@ class StaticSampler:
         self.valid.index_fill_(1, slot, True)
         pos = self.base_pos + self.step - 1  # (N,)
         if self.layer == "triton":
+            from steerl.generation import fused
+
+            layers = self.base.layers
             h = self.base.embed_tokens(self.cur)
-            hw = h * self.base.layers[0].input_layernorm.weight
-            ss = h.float().pow(2).sum(-1, keepdim=True)
+            hw, ss = fused.prepare(h, layers[0].input_layernorm.weight)
             cos, sin = self.cos[pos], self.sin[pos]  # (N, D)
-            for i in range(len(self.base.layers)):
-                h, hw, ss = self._layer_fused(i, h, hw, ss, cos, sin, slot)
+            for i, layer in enumerate(layers):
+                nxt = layers[i + 1].input_layernorm.weight if i + 1 < len(layers) else None
+                h, hw, ss = fused.decode_layer(
+                    layer, nxt, self.w_qkv[i], self.b_qkv[i], self.k_cache[i], self.v_cache[i],
+                    self.valid, self.scaling, self.n_heads, self.n_kv, h, hw, ss, cos, sin, slot,
+                )  # fmt: skip
             return h
         cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # (N, 1, 1, D)
         # one additive mask per step (SDPA turns a boolean one into this on every call)
