@@ -108,26 +108,14 @@ def bench_gate_up(dev, layers: int = 24) -> None:
     base = graph_ms(torch_mlp) / layers
     print(f"gate/up, tensor ops (2 GEMMs + silu*mul): {1e3 * base:.1f} us per layer, "
           f"{nbytes / base / 1e6:.0f} GB/s")  # fmt: skip
-    ref = (F.silu(x.double() @ ws[0][0].double().T) * (x.double() @ ws[0][1].double().T)).float()
-    best = None
-    for bn, bk, stages, warps in GATE_UP_CONFIGS:
-        kw = dict(block_n=bn, block_k=bk, stages=stages, warps=warps)
-        try:
-            out = G.gate_up_silu(x, ws[0][0], ws[0][1], **kw).float()
-            rel = ((out - ref).norm() / ref.norm()).item()
-            ms = graph_ms(lambda kw=kw: [G.gate_up_silu(x, w[0], w[1], **kw) for w in ws])
-        except Exception as e:  # noqa: BLE001
-            print(f"gate_up_silu {kw}: failed: {type(e).__name__}: {str(e)[:200]}")
-            continue
-        ms /= layers
-        print(f"gate_up_silu {kw}: {1e3 * ms:.1f} us per layer, {nbytes / ms / 1e6:.0f} GB/s, "
-              f"rel. error vs float64 {rel:.1e}", flush=True)  # fmt: skip
-        if best is None or ms < best[0]:
-            best = (ms, bn, bk, stages, warps)
+    ref = F.silu(x.double() @ ws[0][0].double().T) * (x.double() @ ws[0][1].double().T)
+
+    def run(first=False, **kw):
+        return [G.gate_up_silu(x, w[0], w[1], **kw) for w in ws[: 1 if first else None]][0]
+
+    best = sweep("gate_up_silu", GATE_UP_CONFIGS, run, ref, nbytes, base, layers)
     if best is not None:
-        ms, G.GATE_UP_BLOCK_N, G.GATE_UP_BLOCK_K, G.GATE_UP_STAGES, G.GATE_UP_WARPS = best
-        print(f"gate_up_silu: fastest {best[1:]} at {1e3 * ms:.1f} us ({base / ms:.2f}x the "
-              "tensor ops); used below", flush=True)  # fmt: skip
+        G.GATE_UP_BLOCK_N, G.GATE_UP_BLOCK_K, G.GATE_UP_STAGES, G.GATE_UP_WARPS = best[1]
 
 
 #: rows_linear tiles tried by :func:`bench_layer_kernels`: (BLOCK_N, BLOCK_K, stages, warps,
