@@ -120,3 +120,10 @@ def test_prescaled_chain_and_split_k_match_float64(split_k):
         G.rows_linear(yw, w2, ss=ss, norm_w=nw)
     with pytest.raises(ValueError, match="norm_out"):
         G.rows_linear(x, w, norm_out=nw[:-1])
+
+
+def test_float32_products_ask_for_ieee_precision():
+    """A float32 model's decode products are not rounded to TF32 (Triton's default for
+    float32 operands on the GPU); bf16/fp16 ones keep the default."""
+    assert K.dot_precision(torch.float32) == "ieee"
+    assert K.dot_precision(torch.bfloat16) == K.dot_precision(torch.float16) == "tf32"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from steerl.generation.kernels import tl, triton
+from steerl.generation.kernels import dot_precision, tl, triton
 
 if triton is not None:
 
@@ -63,7 +63,7 @@ if triton is not None:
         part_ptr, count_ptr, M, N, K, KC, sx_m, sw_n, s_ssin, T_IN, sr_m, so_m, eps,
         NORM: tl.constexpr, PRE: tl.constexpr, GATED: tl.constexpr, RES: tl.constexpr,
         NORM_OUT: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_T: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr,
     ):  # fmt: skip
         """One (BLOCK_M rows, BLOCK_N columns) tile, depth slice ``[pid_k KC, (pid_k + 1) KC)``,
         of ``[res +] f(norm?(x) W^T)``, ``f(a) = silu(a) * (norm?(x) W2^T)`` when GATED.
@@ -96,9 +96,12 @@ if triton is not None:
                 x = (xf * nw[None, :]).to(w_ptr.dtype.element_ty)
             w_off = rn[None, :] * sw_n + kk[:, None]  # (BLOCK_K, BLOCK_N): W^T's tile
             w_mask = (rn[None, :] < N) & (kk[:, None] < K)
-            acc = tl.dot(x, tl.load(w_ptr + w_off, mask=w_mask, other=0.0), acc)
+            acc = tl.dot(
+                x, tl.load(w_ptr + w_off, mask=w_mask, other=0.0), acc, input_precision=PREC
+            )
             if GATED:
-                acc2 = tl.dot(x, tl.load(w2_ptr + w_off, mask=w_mask, other=0.0), acc2)
+                w2 = tl.load(w2_ptr + w_off, mask=w_mask, other=0.0)
+                acc2 = tl.dot(x, w2, acc2, input_precision=PREC)
         n_tiles = tl.num_programs(0)
         if SPLIT_K == 1:
             if NORM:
@@ -210,7 +213,8 @@ def _launch(x, w, w2, norm_w, eps, res, tile, defaults, *, ss=None, norm_out=Non
         NORM=norm_w is not None, PRE=ss is not None, GATED=w2 is not None, RES=res is not None,
         NORM_OUT=norm_out is not None, SPLIT_K=split_k,
         BLOCK_T=max(16, triton.next_power_of_2(1 if ss is None else ss.shape[1])),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PREC=dot_precision(w.dtype),
+        num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out if norm_out is None else (out, outw, ssout)
 

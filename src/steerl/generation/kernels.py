@@ -33,6 +33,13 @@ except ImportError:  # pragma: no cover - depends on the install
     tl = None
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input precision for operands of ``dtype``: ``ieee`` for float32 (Triton's
+    default, TF32, would round a float32 model's products to 10-bit mantissas), else the
+    default (bf16/fp16 operands are exact in the tensor cores)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def unsupported_reason(model, *, interpreter_ok: bool = False) -> str | None:
     """Why the kernels cannot serve ``model``'s decode step, or ``None`` when they can.
 
@@ -62,7 +69,7 @@ if triton is not None:
         sq_n, sq_h, sk_n, sk_h, sk_s, sv_n, sv_h, sv_s, s_valid, so_n, so_h,
         scale, S,
         HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
-        BLOCK_S: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
+        BLOCK_S: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr, PREC: tl.constexpr,
     ):  # fmt: skip
         """Keys [sp * CHUNK, (sp + 1) * CHUNK) of one (row, KV head); the last split merges.
 
@@ -98,13 +105,14 @@ if triton is not None:
                 mask=in_range[:, None],
                 other=0.0,
             )
-            scores = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
+            scores = tl.dot(q, tl.trans(k), input_precision=PREC).to(tl.float32) * scale
             scores = tl.where(ok[None, :], scores, float("-inf"))
             m_new = tl.maximum(m, tl.max(scores, 1))
             p = tl.exp(scores - m_new[:, None])
             alpha = tl.exp(m - m_new)
             lsum = lsum * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+            pv = tl.dot(p.to(v.dtype), v, input_precision=PREC)
+            acc = acc * alpha[:, None] + pv.to(tl.float32)
             m = m_new
         out_ptrs = out_ptr + row * so_n + head[:, None] * so_h + d[None, :]
         if SPLITS == 1:
@@ -324,7 +332,7 @@ def decode_attention(
         v.stride(0), v.stride(1), v.stride(2), valid.stride(0), out.stride(0), out.stride(1),
         scale, s,
         HKV=hkv, G=g, BLOCK_G=block_g, D=d, BLOCK_S=block_s, CHUNK=chunk, SPLITS=splits,
-        num_warps=warps or ATTN_WARPS,
+        PREC=dot_precision(q.dtype), num_warps=warps or ATTN_WARPS,
     )  # fmt: skip
     return out
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from steerl.generation.kernels import tl, triton
+from steerl.generation.kernels import dot_precision, tl, triton
 
 if triton is not None:
     from steerl.generation.gemm import _row_scale  # called in the kernel
@@ -40,7 +40,7 @@ if triton is not None:
         M, K, eps, sx_m, s_ss, T_IN, sw_n, scos_m, ssin_m, sq_m, sq_h,
         skc_m, skc_h, skc_s, svc_m, svc_h, svc_s,
         NQ: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
-        PRE: tl.constexpr, BLOCK_T: tl.constexpr,
+        PRE: tl.constexpr, BLOCK_T: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     ):  # fmt: skip
         """Columns [c, c + BLOCK_H) and D/2 + [c, c + BLOCK_H) of one head, all rows: RMSNorm,
@@ -77,8 +77,8 @@ if triton is not None:
             w_mask = k_ok[:, None]  # every column exists: the grid covers exactly the heads
             wa = tl.load(w_ptr + cols_a[None, :] * sw_n + kk[:, None], mask=w_mask, other=0.0)
             wb = tl.load(w_ptr + cols_b[None, :] * sw_n + kk[:, None], mask=w_mask, other=0.0)
-            acc_a = tl.dot(xw, wa, acc_a)  # (BLOCK_K, BLOCK_H) tiles of W^T
-            acc_b = tl.dot(xw, wb, acc_b)
+            acc_a = tl.dot(xw, wa, acc_a, input_precision=PREC)  # (BLOCK_K, BLOCK_H) tiles of W^T
+            acc_b = tl.dot(xw, wb, acc_b, input_precision=PREC)
         if PRE:
             r = _row_scale(ss_ptr, s_ss, rm, M, T_IN, K, eps, BLOCK_T)
         else:
@@ -240,6 +240,7 @@ def qkv_rope(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NQ=n_heads, NKV=n_kv, D=d, HAS_BIAS=b_qkv is not None, PRE=ss is not None,
+        PREC=dot_precision(w_qkv.dtype),
         BLOCK_T=max(16, triton.next_power_of_2(1 if ss is None else ss.shape[1])),
         BLOCK_M=block_m, BLOCK_H=block_h, BLOCK_K=block_k,
         num_warps=warps or QKV_WARPS, num_stages=stages or QKV_STAGES,
