@@ -2,11 +2,12 @@
 kernel count and GPU time of one decode step (eager and compiled), and a gradient-NaN probe of
 the SDPA backends on sampled batches.
 
-    python benchmarks/decode_profile.py [VARIANT ...] [--no-sweep] [--probe]
+    python benchmarks/decode_profile.py [VARIANT ...] [--no-sweep] [--shape=qwen7b] [--probe]
 
 The tile sweeps first (each kernel of the fused layer on the anchor's shapes, 24 distinct
 weights in one CUDA graph, against the tensor ops it replaces); their fastest tiles serve the
-variants after them.
+variants after them. ``--shape`` decodes with another of ``gpu_step.SHAPES`` (no sweeps: the
+default tiles), e.g. to compare fused and compiled layers at 7B widths.
 """
 
 from __future__ import annotations
@@ -393,7 +394,8 @@ def main() -> None:
     from gpu_step import bandwidth, n_params
 
     dev = torch.device("cuda")
-    model = build_model(False).to(dev, torch.bfloat16).eval()
+    shape = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--shape=")), None)
+    model = build_model(False, shape, "cuda").to(dev, torch.bfloat16).eval()
     n, p, new = 64, 64, 256
     floor_ms = n_params(model) * 2 / bandwidth(dev) * 1e3
     print(f"{torch.cuda.get_device_name()}: floor {floor_ms:.3f} ms/step", flush=True)
@@ -403,7 +405,7 @@ def main() -> None:
     kw = dict(eos_token_id=None, pad_token_id=0, temperature=1.0, top_p=1.0, greedy=False)
     torch.set_grad_enabled(False)
     check_kernels(dev)
-    if "--no-sweep" not in sys.argv:
+    if "--no-sweep" not in sys.argv and shape is None:  # the sweeps use the anchor's shapes
         bench_gate_up(dev)
         bench_layer_kernels(dev)
     pick = [a for a in sys.argv[1:] if not a.startswith("--")]
