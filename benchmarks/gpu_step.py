@@ -381,12 +381,13 @@ def probe_attention(args, anchor: Path) -> str:
 
 
 def check_sampler(args, anchor: Path) -> str:
-    """Static sampler on the anchor batch: logprobs vs teacher-forced forwards, same seed."""
+    """Static sampler on the anchor batch, with the kernels ``rollout.kernels=auto`` picks
+    (on CUDA: the fused Triton layers): logprobs vs teacher-forced forwards, same seed."""
     from transformers import AutoModelForCausalLM
 
     from steerl.generation.static import clear_cache
     from steerl.logprobs import completion_logprobs
-    from steerl.rollout import encode_prompts, generate
+    from steerl.rollout import encode_prompts, generate, resolve_kernels
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -395,9 +396,13 @@ def check_sampler(args, anchor: Path) -> str:
     prompts = [json.loads(line)["prompt"] for line in open(anchor / "p.jsonl")][: args.prompts]
     ids, mask = encode_prompts(tok, [p for p in prompts for _ in range(args.group)], device)
 
+    kernels = resolve_kernels("auto", model, "static")
+
     def sample(model, seed, backend="static"):
         g = torch.Generator(device=device).manual_seed(seed)
         kw = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        if backend == "static":
+            kw["kernels"] = kernels
         return generate(
             model,
             ids,
@@ -424,7 +429,8 @@ def check_sampler(args, anchor: Path) -> str:
     clear_cache()
     reset_memory(device)
     return (
-        f"static sampler check: same seed -> same tokens: {same}; |sampler - forward| logprob "
+        f"static sampler check (kernels {kernels}): same seed -> same tokens: {same}; "
+        f"|sampler - forward| logprob "
         f"mean {d_model.mean():.2e} max {d_model.max():.2e} ({dtype} forward), "
         f"mean {d_fp32.mean():.2e} max {d_fp32.max():.2e} (float32 forward); eager sampler "
         f"vs float32 forward: mean {d_eager.mean():.2e} max {d_eager.max():.2e}; "
