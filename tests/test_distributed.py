@@ -265,3 +265,17 @@ def test_sharded_layers_are_resharded_after_their_forward(tmp_path):
         assert all(fsdp.is_dtensor(p.grad) for p in model.model.layers.parameters())
     finally:
         dist.destroy_process_group()
+
+
+def test_fsdp_root_is_the_innermost_module_holding_every_layer():
+    from test_generation import _qwen
+
+    from steerl import fsdp
+
+    model = _qwen()
+    layers = list(model.model.layers)
+    assert fsdp._holder(model, layers) is model.model
+    stack = torch.nn.ModuleList(layers)  # layers directly in a container: the container
+    assert fsdp._holder(stack, layers) is stack
+    top = torch.nn.Sequential(*layers)  # directly under a module with a forward: that module
+    assert fsdp._holder(top, layers) is top

@@ -270,3 +270,26 @@ def test_fused_decode_layers_match_the_eager_ones():
     assert StaticSampler(_qwen(), 6, 64, 2, attention="triton", **kw).layer == "torch"
     with pytest.raises(ValueError, match="layer 'cuda'"):
         _run(model, True, layer="cuda")
+
+
+@needs_triton
+def test_race_pick_with_a_vocabulary_of_non_power_of_2_blocks():
+    """5,000 logits are 5 blocks of 1,024: the default splits round down to a power of 2
+    (the merge ranges over them), and explicit ones must be powers of 2."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 5000, generator=g)
+    st = _state(3, 1)
+    K.race_pick(logits, torch.tensor([0]), inv_temp=1.0, greedy=True, pad=0, eos=None, **st)
+    assert torch.equal(st["cur"], logits.argmax(-1))
+    with pytest.raises(ValueError, match="power of 2"):
+        K.race_pick(logits, torch.tensor([0]), inv_temp=1.0, greedy=True, pad=0, eos=None,
+                    splits=3, **_state(3, 1))  # fmt: skip
+
+
+def test_fused_layer_refuses_mixed_norm_and_projection_dtypes():
+    from steerl.generation import fused
+
+    model = _qwen(head_dim=32)
+    assert fused.unsupported_reason(model, 6, 32) is None
+    model.model.layers[0].input_layernorm.to(torch.float64)
+    assert "different dtypes" in fused.unsupported_reason(model, 6, 32)

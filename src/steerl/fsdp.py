@@ -68,9 +68,20 @@ def shard_layers(model: torch.nn.Module) -> int:
         force_sum = getattr(layer, "set_force_sum_reduction_for_comms", None)  # torch >= 2.8
         if force_sum is not None:
             force_sum(True)  # plain SUM (gloo has no PREMUL_SUM; NCCL's is a sum here too)
-    if layers and "ignored_params" in inspect.signature(fully_shard).parameters:  # torch >= 2.7
+    if not layers:
+        return 0
+    if "ignored_params" in inspect.signature(fully_shard).parameters:  # torch >= 2.7
         root = _holder(model, layers)
         fully_shard(root, ignored_params={p for p in root.parameters() if id(p) not in in_layers})
+    else:
+        import warnings
+
+        warnings.warn(
+            f"torch {torch.__version__}: fully_shard has no ignored_params, so the sharded "
+            "layers have no common FSDP root and each stays gathered from its forward to its "
+            "backward (as much memory as unsharded weights); use torch >= 2.7",
+            stacklevel=2,
+        )
     return len(layers)
 
 
@@ -83,7 +94,7 @@ def _holder(model: torch.nn.Module, layers: list[torch.nn.Module]) -> torch.nn.M
         while same < min(len(prefix), len(n)) and prefix[same] == n[same]:
             same += 1
         prefix = prefix[:same]
-    while True:
+    while prefix:
         module = model.get_submodule(".".join(prefix))
         if (
             not isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict))
@@ -91,6 +102,7 @@ def _holder(model: torch.nn.Module, layers: list[torch.nn.Module]) -> torch.nn.M
         ):
             return module
         prefix = prefix[:-1]
+    return model  # the layers sit directly in the top module (or it is their container)
 
 
 class RolloutWeights:

@@ -37,12 +37,16 @@ def unsupported_reason(model, rows: int, head_dim: int) -> str | None:
         return f"{rows} rows (one row tile: at most {GATE_UP_MAX_ROWS})"
     if head_dim < 32 or head_dim & (head_dim - 1):
         return f"head size {head_dim} (a power of 2 >= 32)"
+    layer = model.model.layers[0]
+    dtypes = {layer.input_layernorm.weight.dtype, attn.q_proj.weight.dtype}
+    if len(dtypes) > 1:
+        return f"norm and projection weights of different dtypes ({sorted(map(str, dtypes))})"
     return None
 
 
 def prepare(h: torch.Tensor, norm_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h * norm_w, row sums of squares (N, 1))``: the first layer's input."""
-    return h * norm_w, h.float().pow(2).sum(-1, keepdim=True)
+    return (h * norm_w).to(h.dtype), h.float().pow(2).sum(-1, keepdim=True)
 
 
 def decode_layer(layer, next_norm_w, w_qkv, b_qkv, k_cache, v_cache, valid, scaling,

@@ -94,6 +94,8 @@ if triton is not None:
                 ss += tl.sum(xf * xf, 1)
                 nw = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
                 x = (xf * nw[None, :]).to(w_ptr.dtype.element_ty)
+            else:
+                x = x.to(w_ptr.dtype.element_ty)  # tl.dot needs one operand dtype
             w_off = rn[None, :] * sw_n + kk[:, None]  # (BLOCK_K, BLOCK_N): W^T's tile
             w_mask = (rn[None, :] < N) & (kk[:, None] < K)
             acc = tl.dot(

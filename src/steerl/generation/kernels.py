@@ -79,7 +79,7 @@ if triton is not None:
         0, 1, ... (so the result does not depend on which program finished last), and puts the
         counter back to 0 for the next launch.
         """
-        row = tl.program_id(0)
+        row = tl.program_id(0).to(tl.int64)  # cache offsets can pass 2**31
         kvh = tl.program_id(1)
         sp = tl.program_id(2)
         g = tl.arange(0, BLOCK_G)
@@ -372,7 +372,10 @@ def race_pick(
     block = block or min(RACE_BLOCK, max(4, triton.next_power_of_2(vocab)))
     if block < 4 or block & (block - 1):
         raise ValueError(f"race_pick: block must be a power of 2 >= 4 (four quarters), got {block}")
-    splits = splits or max(1, min(RACE_SPLITS, triton.cdiv(vocab, block)))
+    if splits is None:  # a power of 2 (the merge ranges over the splits), at most RACE_SPLITS
+        splits = min(RACE_SPLITS, 1 << (triton.cdiv(vocab, block).bit_length() - 1))
+    if splits < 1 or splits & (splits - 1):
+        raise ValueError(f"race_pick: splits must be a power of 2, got {splits}")
     chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
     dev = logits.device
     part = [torch.empty((n, splits), dtype=torch.float32, device=dev) for _ in range(4)]

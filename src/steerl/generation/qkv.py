@@ -228,7 +228,7 @@ def qkv_rope(
     norm_w = x if ss is not None else norm_w.contiguous()  # (unused with ss)
     if b_qkv is not None:
         b_qkv = b_qkv.contiguous()
-    q = torch.empty((m, n_heads, d), dtype=x.dtype, device=x.device)
+    q = torch.empty((m, n_heads, d), dtype=k_cache.dtype, device=x.device)  # attention's dtype
     block_m = max(16, triton.next_power_of_2(m))
     grid = (heads * (d // 2 // block_h),)
     _qkv_rope_kernel[grid](
