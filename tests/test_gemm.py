@@ -127,3 +127,20 @@ def test_float32_products_ask_for_ieee_precision():
     float32 operands on the GPU); bf16/fp16 ones keep the default."""
     assert K.dot_precision(torch.float32) == "ieee"
     assert K.dot_precision(torch.bfloat16) == K.dot_precision(torch.float16) == "tf32"
+
+
+@needs_triton
+def test_many_handed_over_partials_are_summed_in_chunks():
+    """A wide producer (1,100 outputs in 16-column tiles: 69 partial sums per row, more than
+    the 64 a program reads at a time) hands its norm input to the next product."""
+    g = torch.Generator().manual_seed(5)
+    m, k, n = 3, 32, 1100
+    x = torch.randn(m, k, generator=g)
+    w = torch.randn(n, k, generator=g) / k**0.5
+    w2 = torch.randn(8, n, generator=g) / n**0.5
+    nw = 1 + 0.5 * torch.randn(n, generator=g)
+    y, yw, ss = G.rows_linear(x, w, norm_out=nw)
+    assert ss.shape == (m, 69) and G.block_t(ss) == 64
+    out = G.rows_linear(yw, w2, ss=ss, eps=1e-6)
+    ref = _rms(y.double(), nw.double(), 1e-6) @ w2.double().T
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)

@@ -28,14 +28,18 @@ if triton is not None:
 
     @triton.jit
     def _row_scale(ss_ptr, s_ss, rm, M, T, K, eps, BLOCK_T: tl.constexpr):
-        """``rsqrt(mean(x^2) + eps)`` per row from the producer's T partial sums of squares."""
-        t = tl.arange(0, BLOCK_T)
-        parts = tl.load(
-            ss_ptr + rm[:, None] * s_ss + t[None, :],
-            mask=(rm[:, None] < M) & (t[None, :] < T),
-            other=0.0,
-        )
-        return tl.rsqrt(tl.sum(parts, 1) / K + eps)
+        """``rsqrt(mean(x^2) + eps)`` per row from the producer's T partial sums of squares,
+        BLOCK_T at a time (a 14B layer hands over 320)."""
+        total = rm.to(tl.float32) * 0.0
+        for t0 in range(0, T, BLOCK_T):
+            t = t0 + tl.arange(0, BLOCK_T)
+            parts = tl.load(
+                ss_ptr + rm[:, None] * s_ss + t[None, :],
+                mask=(rm[:, None] < M) & (t[None, :] < T),
+                other=0.0,
+            )
+            total += tl.sum(parts, 1)
+        return tl.rsqrt(total / K + eps)
 
     @triton.jit
     def _rows_store(
@@ -164,6 +168,11 @@ ROWS_SPLIT_K = 4
 GATE_UP_MAX_ROWS = 64
 
 
+def block_t(ss: torch.Tensor | None) -> int:
+    """How many of the handed-over partial sums of squares a program reads at a time."""
+    return min(64, max(16, triton.next_power_of_2(1 if ss is None else ss.shape[1])))
+
+
 def _launch(x, w, w2, norm_w, eps, res, tile, defaults, *, ss=None, norm_out=None, split_k=1):
     m, k = x.shape
     n = w.shape[0]
@@ -214,7 +223,7 @@ def _launch(x, w, w2, norm_w, eps, res, tile, defaults, *, ss=None, norm_out=Non
         eps,
         NORM=norm_w is not None, PRE=ss is not None, GATED=w2 is not None, RES=res is not None,
         NORM_OUT=norm_out is not None, SPLIT_K=split_k,
-        BLOCK_T=max(16, triton.next_power_of_2(1 if ss is None else ss.shape[1])),
+        BLOCK_T=block_t(ss),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PREC=dot_precision(w.dtype),
         num_warps=warps, num_stages=stages,
     )  # fmt: skip

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from steerl.generation.gemm import block_t
 from steerl.generation.kernels import dot_precision, tl, triton
 
 if triton is not None:
@@ -241,7 +242,7 @@ def qkv_rope(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NQ=n_heads, NKV=n_kv, D=d, HAS_BIAS=b_qkv is not None, PRE=ss is not None,
         PREC=dot_precision(w_qkv.dtype),
-        BLOCK_T=max(16, triton.next_power_of_2(1 if ss is None else ss.shape[1])),
+        BLOCK_T=block_t(ss),
         BLOCK_M=block_m, BLOCK_H=block_h, BLOCK_K=block_k,
         num_warps=warps or QKV_WARPS, num_stages=stages or QKV_STAGES,
     )  # fmt: skip
