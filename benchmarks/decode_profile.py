@@ -90,8 +90,8 @@ def graph_ms(fn, reps: int = 50) -> float:
 def bench_gate_up(dev, layers: int = 24) -> None:
     """The MLP's gated half of the anchor (64 rows, 896 -> 4,864) over ``layers`` distinct
     weight pairs (418 MB: streamed from memory, not L2) in one CUDA graph: cuBLAS + pointwise
-    against :func:`gate_up_silu` per tile config; the fastest becomes the kernel's default for
-    the variants below."""
+    against :func:`gate_up_silu` per tile config, on raw rows (as the compiled layers call it;
+    :func:`bench_layer_kernels` sweeps it as the fused layer calls it and sets the default)."""
     from steerl.generation import gemm as G
 
     g = torch.Generator(device=dev).manual_seed(2)
@@ -114,9 +114,7 @@ def bench_gate_up(dev, layers: int = 24) -> None:
     def run(first=False, **kw):
         return [G.gate_up_silu(x, w[0], w[1], **kw) for w in ws[: 1 if first else None]][0]
 
-    best = sweep("gate_up_silu", GATE_UP_CONFIGS, run, ref, nbytes, base, layers)
-    if best is not None:
-        G.GATE_UP_BLOCK_N, G.GATE_UP_BLOCK_K, G.GATE_UP_STAGES, G.GATE_UP_WARPS = best[1]
+    sweep("gate_up_silu", GATE_UP_CONFIGS, run, ref, nbytes, base, layers)
 
 
 #: rows_linear tiles tried by :func:`bench_layer_kernels`: (BLOCK_N, BLOCK_K, stages, warps,

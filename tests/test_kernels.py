@@ -261,6 +261,8 @@ def test_fused_decode_layers_match_the_eager_ones():
     kw = dict(eos_token_id=2, pad_token_id=0, temperature=1.0, top_p=1.0, greedy=True,
               generator=None, use_graph=False, layer="triton")  # fmt: skip
     assert StaticSampler(model, 6, 64, 2, attention="triton", **kw).layer == "triton"
+    compiled = StaticSampler(model, 6, 64, 2, attention="triton", compile_step=True, **kw)
+    assert compiled.compiled and compiled.layer == "torch"  # rollout.compile keeps its layers
     # it needs the attention kernel, one row tile and a head size of at least 32
     assert StaticSampler(model, 6, 64, 2, **kw).layer == "torch"
     assert (

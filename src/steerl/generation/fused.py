@@ -21,10 +21,10 @@ import torch
 from steerl.generation.layers import eps_of
 
 
-def unsupported_reason(model, rows: int, head_dim: int) -> str | None:
-    """Why the fused layer cannot serve ``model``'s decode step of ``rows`` rows, or None."""
-    from steerl.generation.gemm import GATE_UP_MAX_ROWS
-
+def layer_reason(model) -> str | None:
+    """Why ``model``'s decoder layer is not the plain Llama/Qwen2 one (no q/k norms, no biases
+    outside q/k/v, a SiLU-gated MLP) that the fused and the compiled layers reproduce, or
+    None."""
     conf = model.config
     attn = model.model.layers[0].self_attn
     if hasattr(attn, "q_norm"):
@@ -33,12 +33,22 @@ def unsupported_reason(model, rows: int, head_dim: int) -> str | None:
         return "biases outside q/k/v"
     if getattr(conf, "hidden_act", "") != "silu":
         return f"activation {getattr(conf, 'hidden_act', '?')!r} (the kernel gates with SiLU)"
+    return None
+
+
+def unsupported_reason(model, rows: int, head_dim: int) -> str | None:
+    """Why the fused layer cannot serve ``model``'s decode step of ``rows`` rows, or None."""
+    from steerl.generation.gemm import GATE_UP_MAX_ROWS
+
+    why = layer_reason(model)
+    if why is not None:
+        return why
     if rows > GATE_UP_MAX_ROWS:
         return f"{rows} rows (one row tile: at most {GATE_UP_MAX_ROWS})"
     if head_dim < 32 or head_dim & (head_dim - 1):
         return f"head size {head_dim} (a power of 2 >= 32)"
     layer = model.model.layers[0]
-    dtypes = {layer.input_layernorm.weight.dtype, attn.q_proj.weight.dtype}
+    dtypes = {layer.input_layernorm.weight.dtype, layer.self_attn.q_proj.weight.dtype}
     if len(dtypes) > 1:
         return f"norm and projection weights of different dtypes ({sorted(map(str, dtypes))})"
     return None

@@ -144,31 +144,27 @@ class StaticSampler:
         ]
         self._fingerprint = self._params_fingerprint()
         self._forward_fn = self._decode_forward
+        from steerl.generation import fused
+        from steerl.generation.gemm import GATE_UP_MAX_ROWS
+
         # compile each decode layer around its attention (which stays outside); only for the
         # plain Llama/Qwen2 layer (no q/k norms, no biases outside q/k/v, SiLU)
-        layer0 = self.base.layers[0]
-        silu_mlp = (
-            getattr(conf, "hidden_act", "") == "silu" and getattr(conf, "mlp_bias", False) is False
-        )
-        self.compiled = compile_step and (
-            not hasattr(attn, "q_norm") and layer0.self_attn.o_proj.bias is None and silu_mlp
-        )
+        self.compiled = compile_step and fused.layer_reason(model) is None
         if attention not in ATTENTION or pick not in PICK or mlp not in MLP or layer not in LAYER:
             raise ValueError(
                 f"attention {attention!r} / pick {pick!r} / mlp {mlp!r} / layer {layer!r}: "
                 f"allowed {ATTENTION} / {PICK} / {MLP} / {LAYER}"
             )
         self.attention = attention
-        from steerl.generation.gemm import GATE_UP_MAX_ROWS
-
         # the kernel computes the SiLU gating only, for one tile of rows
+        silu_mlp = (
+            getattr(conf, "hidden_act", "") == "silu" and getattr(conf, "mlp_bias", False) is False
+        )
         self.mlp = mlp if silu_mlp and n <= GATE_UP_MAX_ROWS else "torch"
-        # the fused layer (see its unsupported_reason); it replaces the compiled layers
-        from steerl.generation import fused
-
-        why_not = fused.unsupported_reason(model, n, self.head_dim)
-        self.layer = layer if why_not is None and attention == "triton" else "torch"
-        self.compiled = self.compiled and self.layer == "torch"
+        # the fused layer (see its unsupported_reason), unless the layers are compiled
+        fits = fused.unsupported_reason(model, n, self.head_dim) is None
+        use_fused = fits and attention == "triton" and not self.compiled
+        self.layer = layer if use_fused else "torch"
         # sampling: plain top-p sorts the vocabulary, which stays on tensor ops
         self.pick = pick if top_p >= 1 else "torch"
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -505,8 +501,7 @@ def static_generate(
         attention="triton" if kernels == "triton" else "sdpa",
         pick=kernels,
         mlp=kernels,
-        # whole fused layers with the kernels, unless the layers are to be compiled
-        layer="torch" if compile and use_graph else kernels,
+        layer=kernels,  # whole fused layers, unless the layers are compiled
     )
     if keep:  # a one-off sampler neither enters the cache nor evicts from it
         while len(_SAMPLERS) >= _KEEP:
