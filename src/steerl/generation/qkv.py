@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from steerl.generation.gemm import block_t
+from steerl.generation.gemm import GATE_UP_MAX_ROWS, block_t
 from steerl.generation.kernels import dot_precision, tl, triton
 
 if triton is not None:
@@ -128,8 +128,9 @@ QKV_BLOCK_H = 16
 QKV_BLOCK_K = 128
 QKV_STAGES = 4
 QKV_WARPS = 4
-#: Most rows :func:`qkv_rope` takes: one row tile, so the weights stream once.
-QKV_MAX_ROWS = 64
+#: Most rows :func:`qkv_rope` takes: one row tile, so the weights stream once (the same tile
+#: as the layer's other products).
+QKV_MAX_ROWS = GATE_UP_MAX_ROWS
 
 
 def _pow2(v: int) -> bool:
