@@ -289,6 +289,11 @@ def main() -> None:
         help="a further configuration: N ranks, its own global prompts and overrides "
         "(e.g. 'FSDP=2,train.distributed=fsdp'; repeatable)",
     )
+    ap.add_argument(
+        "--runs-only",
+        action="store_true",
+        help="only the --run configurations (skip the default 1-GPU and N-GPU runs)",
+    )
     args = ap.parse_args()
     if args.worker:
         return worker(args)
@@ -299,6 +304,7 @@ def main() -> None:
         tmp = Path(tmp)
         plan = [("1 GPU", 1, 0, {}), (f"{args.gpus} GPUs", args.gpus, 0, {})]
         plan += [("1 GPU, seed 1", 1, 1, {})] if args.noise else []
+        plan = [] if args.runs_only else plan
         plan += [(label, n, 0, run) for label, n, run in map(parse_run, args.run)]
         most = max(args.prompts, *[r.get("prompts", 0) for *_, r in plan])
         shape = None if args.tiny else args.shape

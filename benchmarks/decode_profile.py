@@ -57,6 +57,9 @@ VARIANTS = {
     "fused layers, triton attention + pick": dict(
         attention="triton", pick="triton", mlp="triton", layer="triton"
     ),
+    "fused layers, no PDL": dict(
+        attention="triton", pick="triton", mlp="triton", layer="triton", pdl=False
+    ),
 }
 
 #: gate_up_silu tiles tried by :func:`bench_gate_up`: (BLOCK_N, BLOCK_K, stages, warps).
@@ -396,7 +399,10 @@ def main() -> None:
     model = build_model(False, shape, "cuda").to(dev, torch.bfloat16).eval()
     n, p, new = 64, 64, 256
     floor_ms = n_params(model) * 2 / bandwidth(dev) * 1e3
-    print(f"{torch.cuda.get_device_name()}: floor {floor_ms:.3f} ms/step", flush=True)
+    from steerl.generation.kernels import pdl_launch
+
+    pdl = bool(pdl_launch(dev))
+    print(f"{torch.cuda.get_device_name()}: floor {floor_ms:.3f} ms/step, PDL {pdl}", flush=True)
     ids = torch.randint(3, 151936, (n, p), device=dev)
     mask = torch.ones_like(ids)
     mask[: n // 4, : p // 2] = 0  # some left padding, as real batches have

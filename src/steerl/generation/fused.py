@@ -60,22 +60,24 @@ def prepare(h: torch.Tensor, norm_w: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def decode_layer(layer, next_norm_w, w_qkv, b_qkv, k_cache, v_cache, valid, scaling,
-                 n_heads: int, n_kv: int, h, hw, ss, cos, sin, slot):  # fmt: skip
+                 n_heads: int, n_kv: int, h, hw, ss, cos, sin, slot, pdl=False):  # fmt: skip
     """One layer: ``(h, hw, ss) -> (h', hw', ss')`` (see the module docstring). ``w_qkv`` /
     ``b_qkv`` the stacked q/k/v projection, ``cos`` / ``sin`` (N, D) the step's RoPE rows,
     ``slot`` the cache position (a device tensor), ``valid`` (N, S) the attendable keys.
-    With ``next_norm_w`` None (the last layer) returns ``(h', None, None)``."""
+    With ``next_norm_w`` None (the last layer) returns ``(h', None, None)``. ``pdl``: each
+    kernel launched while the one before it finishes, where supported
+    (:func:`steerl.generation.kernels.pdl_launch`)."""
     from steerl.generation.gemm import gate_up_silu, rows_linear
     from steerl.generation.kernels import decode_attention
     from steerl.generation.qkv import qkv_rope
 
     ln1, ln2, mlp = layer.input_layernorm, layer.post_attention_layernorm, layer.mlp
     q = qkv_rope(hw, None, eps_of(ln1), w_qkv, b_qkv, cos, sin, slot, k_cache, v_cache,
-                 n_heads, n_kv, ss=ss)  # fmt: skip
-    o = decode_attention(q, k_cache, v_cache, valid, scaling)
+                 n_heads, n_kv, ss=ss, pdl=pdl)  # fmt: skip
+    o = decode_attention(q, k_cache, v_cache, valid, scaling, pdl=pdl)
     w_o = layer.self_attn.o_proj.weight
-    h, hw, ss = rows_linear(o.view(h.shape[0], -1), w_o, res=h, norm_out=ln2.weight)
-    a = gate_up_silu(hw, mlp.gate_proj.weight, mlp.up_proj.weight, ss=ss, eps=eps_of(ln2))
+    h, hw, ss = rows_linear(o.view(h.shape[0], -1), w_o, res=h, norm_out=ln2.weight, pdl=pdl)
+    a = gate_up_silu(hw, mlp.gate_proj.weight, mlp.up_proj.weight, ss=ss, eps=eps_of(ln2), pdl=pdl)
     if next_norm_w is None:
-        return rows_linear(a, mlp.down_proj.weight, res=h), None, None
-    return rows_linear(a, mlp.down_proj.weight, res=h, norm_out=next_norm_w)
+        return rows_linear(a, mlp.down_proj.weight, res=h, pdl=pdl), None, None
+    return rows_linear(a, mlp.down_proj.weight, res=h, norm_out=next_norm_w, pdl=pdl)

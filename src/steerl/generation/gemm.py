@@ -22,7 +22,14 @@ from __future__ import annotations
 
 import torch
 
-from steerl.generation.kernels import dot_precision, tl, triton
+from steerl.generation.kernels import (
+    dot_precision,
+    gdc_launch_dependents,
+    gdc_wait,
+    pdl_launch,
+    tl,
+    triton,
+)
 
 if triton is not None:
 
@@ -68,6 +75,7 @@ if triton is not None:
         NORM: tl.constexpr, PRE: tl.constexpr, GATED: tl.constexpr, RES: tl.constexpr,
         NORM_OUT: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr,
+        PDL: tl.constexpr = False,
     ):  # fmt: skip
         """One (BLOCK_M rows, BLOCK_N columns) tile, depth slice ``[pid_k KC, (pid_k + 1) KC)``,
         of ``[res +] f(norm?(x) W^T)``, ``f(a) = silu(a) * (norm?(x) W2^T)`` when GATED.
@@ -75,8 +83,12 @@ if triton is not None:
         NORM: the RMSNorm computed here (``x`` raw, ``nw`` its weight); PRE: ``x`` already
         times the norm weight and the row scale from ``ssin``'s partial sums of squares. With
         SPLIT_K > 1 each depth slice stores its float32 partial tile and the last of the slices
-        to arrive sums them in slice order (deterministic) and stores the tile.
+        to arrive sums them in slice order (deterministic) and stores the tile. PDL: launched
+        early (:func:`~steerl.generation.kernels.pdl_launch`), so it waits first.
         """
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         pid_k = tl.program_id(2)
@@ -173,7 +185,8 @@ def block_t(ss: torch.Tensor | None) -> int:
     return min(64, max(16, triton.next_power_of_2(1 if ss is None else ss.shape[1])))
 
 
-def _launch(x, w, w2, norm_w, eps, res, tile, defaults, *, ss=None, norm_out=None, split_k=1):
+def _launch(x, w, w2, norm_w, eps, res, tile, defaults, *, ss=None, norm_out=None, split_k=1,
+            pdl=False):  # fmt: skip
     m, k = x.shape
     n = w.shape[0]
     if w.shape[1] != k or (w2 is not None and w2.shape != w.shape):
@@ -214,6 +227,7 @@ def _launch(x, w, w2, norm_w, eps, res, tile, defaults, *, ss=None, norm_out=Non
         tiles = grid[0] * grid[1]
         part = torch.empty((tiles, split_k, block_m, block_n), dtype=torch.float32, device=dev)
         count = arrival_counters(dev, tiles)
+    launch = pdl_launch(dev, pdl)
     _rows_kernel[grid](
         x, w, w if w2 is None else w2, w if norm_w is None else norm_w,
         out if ss is None else ss, out if res is None else res, out,
@@ -225,7 +239,7 @@ def _launch(x, w, w2, norm_w, eps, res, tile, defaults, *, ss=None, norm_out=Non
         NORM_OUT=norm_out is not None, SPLIT_K=split_k,
         BLOCK_T=block_t(ss),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PREC=dot_precision(w.dtype),
-        num_warps=warps, num_stages=stages,
+        PDL=bool(launch), num_warps=warps, num_stages=stages, **launch,
     )  # fmt: skip
     return out if norm_out is None else (out, outw, ssout)
 
@@ -242,6 +256,7 @@ def gate_up_silu(
     block_k: int | None = None,
     stages: int | None = None,
     warps: int | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """``silu(x' @ w_gate.T) * (x' @ w_up.T)`` in one kernel: x (M, K), weights (N, K) -> (M, N),
     with ``x' = rms_norm(x, norm_w, eps)`` when ``norm_w`` is given, ``x * rsqrt(ss.sum(1) / K
@@ -251,11 +266,12 @@ def gate_up_silu(
     The SiLU-gated MLP's first half for the few rows of a decode step: both weight matrices
     stream through once, the products accumulate in float32 and the gating is applied before
     the single store (the tensor-op version is two matrix products and a pointwise kernel,
-    with both products written out and read back).
+    with both products written out and read back). ``pdl``: launched early where supported
+    (:func:`~steerl.generation.kernels.pdl_launch`).
     """
     tile = (block_n, block_k, stages, warps)
     defaults = (GATE_UP_BLOCK_N, GATE_UP_BLOCK_K, GATE_UP_STAGES, GATE_UP_WARPS)
-    return _launch(x, w_gate, w_up, norm_w, eps, None, tile, defaults, ss=ss)
+    return _launch(x, w_gate, w_up, norm_w, eps, None, tile, defaults, ss=ss, pdl=pdl)
 
 
 def rows_linear(
@@ -272,6 +288,7 @@ def rows_linear(
     block_k: int | None = None,
     stages: int | None = None,
     warps: int | None = None,
+    pdl: bool = False,
 ):
     """``y = res + x' @ w.T`` in one kernel: x (M, K), w (N, K), res (M, N) or None -> (M, N).
 
@@ -282,11 +299,13 @@ def rows_linear(
     sums of squares). ``split_k`` slices the depth over that many programs per output tile
     (more programs for a deep, narrow product; default :data:`ROWS_SPLIT_K` for K of 2,048
     and more) whose last merges the slices in order. Accumulates in float32, rounds once.
+    ``pdl``: launched early where supported (:func:`~steerl.generation.kernels.pdl_launch`).
     """
     if split_k is None:
         split_k = ROWS_SPLIT_K if x.shape[-1] >= 2048 and norm_w is None else 1
     tile = (block_n, block_k, stages, warps)
     defaults = (ROWS_BLOCK_N, ROWS_BLOCK_K, ROWS_STAGES, ROWS_WARPS)
     return _launch(
-        x, w, None, norm_w, eps, res, tile, defaults, ss=ss, norm_out=norm_out, split_k=split_k
-    )
+        x, w, None, norm_w, eps, res, tile, defaults, ss=ss, norm_out=norm_out,
+        split_k=split_k, pdl=pdl,
+    )  # fmt: skip

@@ -32,6 +32,46 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None
 
+try:  # grid dependency control (Triton >= 3.3): see :func:`pdl_launch`
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - depends on the install
+    gdc_launch_dependents = gdc_wait = None
+
+
+_PDL: dict[int, bool] = {}
+
+
+def pdl_launch(device: torch.device, want: bool = True) -> dict:
+    """Launch options for programmatic dependent launch (PDL) of a decode kernel.
+
+    With PDL a kernel is launched while the one before it on the stream still runs: its
+    programs start, wait at ``gdc_wait`` (the kernels' first instruction under their ``PDL``
+    flag) until the previous kernel has finished and its writes are visible, and the launch
+    latency between the two (about 1 µs a kernel in a decode step's CUDA graph) is hidden.
+    Each kernel also allows its own successor to launch at once (``gdc_launch_dependents``).
+    Every kernel launched this way waits before touching memory, so each starts after all
+    the kernels before it have finished, as without PDL.
+
+    Returns ``{"launch_pdl": True}`` when ``want`` and the device (compute capability >= 9,
+    Hopper) and the installed Triton support it, else ``{}`` (a plain launch; the kernels'
+    ``PDL`` flag must then be False, as :func:`pdl_flag` gives).
+    """
+    if not want or device.type != "cuda" or gdc_wait is None:
+        return {}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    ok = _PDL.get(index)
+    if ok is None:
+        try:
+            from triton.backends.nvidia.compiler import CUDAOptions
+
+            fields = CUDAOptions.__dataclass_fields__
+        except (ImportError, AttributeError):  # pragma: no cover - depends on the install
+            fields = {}
+        ok = _PDL[index] = (
+            "launch_pdl" in fields and torch.cuda.get_device_capability(index)[0] >= 9
+        )
+    return {"launch_pdl": True} if ok else {}
+
 
 def dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s input precision for operands of ``dtype``: ``ieee`` for float32 (Triton's
@@ -70,6 +110,7 @@ if triton is not None:
         scale, S,
         HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
         BLOCK_S: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr, PREC: tl.constexpr,
+        PDL: tl.constexpr = False,
     ):  # fmt: skip
         """Keys [sp * CHUNK, (sp + 1) * CHUNK) of one (row, KV head); the last split merges.
 
@@ -79,6 +120,9 @@ if triton is not None:
         0, 1, ... (so the result does not depend on which program finished last), and puts the
         counter back to 0 for the next launch.
         """
+        if PDL:  # launched early (pdl_launch): wait for the kernels before
+            gdc_wait()
+            gdc_launch_dependents()
         row = tl.program_id(0).to(tl.int64)  # cache offsets can pass 2**31
         kvh = tl.program_id(1)
         sp = tl.program_id(2)
@@ -291,6 +335,7 @@ def decode_attention(
     splits: int | None = None,
     block_s: int | None = None,
     warps: int | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """One-token attention: q (N, Hq, D), k/v (N, Hkv, S, D), valid (N, S) bool -> (N, Hq, D).
 
@@ -302,6 +347,7 @@ def decode_attention(
     programs, and the last of them to finish merges their partial softmaxes in a fixed order
     (the output is bitwise reproducible). Safe to capture in a CUDA graph; concurrent calls
     on different streams of one device are not (they would share the arrival counters).
+    ``pdl``: launched early where supported (:func:`pdl_launch`).
     """
     n, hq, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
@@ -326,13 +372,14 @@ def decode_attention(
         acc = torch.empty((n, hkv, splits, block_g, d), dtype=torch.float32, device=dev)
         count = arrival_counters(dev, n * hkv)
     valid = valid.view(torch.uint8)
+    launch = pdl_launch(dev, pdl)
     _decode_attention_kernel[(n, hkv, splits)](
         q, k, v, valid, m, lsum, acc, count, out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), valid.stride(0), out.stride(0), out.stride(1),
         scale, s,
         HKV=hkv, G=g, BLOCK_G=block_g, D=d, BLOCK_S=block_s, CHUNK=chunk, SPLITS=splits,
-        PREC=dot_precision(q.dtype), num_warps=warps or ATTN_WARPS,
+        PREC=dot_precision(q.dtype), PDL=bool(launch), num_warps=warps or ATTN_WARPS, **launch,
     )  # fmt: skip
     return out
 

@@ -28,10 +28,11 @@ from __future__ import annotations
 import torch
 
 from steerl.generation.gemm import GATE_UP_MAX_ROWS, block_t
-from steerl.generation.kernels import dot_precision, tl, triton
+from steerl.generation.kernels import dot_precision, pdl_launch, tl, triton
 
 if triton is not None:
     from steerl.generation.gemm import _row_scale  # called in the kernel
+    from steerl.generation.kernels import gdc_launch_dependents, gdc_wait
 
 if triton is not None:
 
@@ -43,9 +44,14 @@ if triton is not None:
         NQ: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr, HAS_BIAS: tl.constexpr,
         PRE: tl.constexpr, BLOCK_T: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+        PDL: tl.constexpr = False,
     ):  # fmt: skip
         """Columns [c, c + BLOCK_H) and D/2 + [c, c + BLOCK_H) of one head, all rows: RMSNorm,
-        projection, bias, RoPE (q and k heads) and the store (q, or the cache at ``slot``)."""
+        projection, bias, RoPE (q and k heads) and the store (q, or the cache at ``slot``).
+        PDL: launched early (:func:`~steerl.generation.kernels.pdl_launch`), so it waits first."""
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         HALF: tl.constexpr = D // 2
         CHUNKS: tl.constexpr = HALF // BLOCK_H
         pid = tl.program_id(0)
@@ -156,6 +162,7 @@ def qkv_rope(
     block_k: int | None = None,
     stages: int | None = None,
     warps: int | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """RMSNorm, q/k/v projection, RoPE and cache writes of one decode step in one kernel.
 
@@ -173,6 +180,7 @@ def qkv_rope(
     With ``ss`` (N, T), ``x`` is already times the norm weight (``norm_w`` unused) and ``ss``
     holds the partial sums of squares of the rows it was made from (the ``norm_out`` outputs
     of :func:`steerl.generation.gemm.rows_linear`): the norm's row scale comes from them.
+    ``pdl``: launched early where supported (:func:`steerl.generation.kernels.pdl_launch`).
     """
     block_k = block_k or QKV_BLOCK_K
     heads = n_heads + 2 * n_kv
@@ -233,6 +241,7 @@ def qkv_rope(
     q = torch.empty((m, n_heads, d), dtype=k_cache.dtype, device=x.device)  # attention's dtype
     block_m = max(16, triton.next_power_of_2(m))
     grid = (heads * (d // 2 // block_h),)
+    launch = pdl_launch(x.device, pdl)
     _qkv_rope_kernel[grid](
         x, norm_w, x if ss is None else ss, w_qkv, w_qkv if b_qkv is None else b_qkv, cos,
         sin_signed, slot, q, k_cache, v_cache, m, k, float(eps), x.stride(0),
@@ -244,7 +253,7 @@ def qkv_rope(
         NQ=n_heads, NKV=n_kv, D=d, HAS_BIAS=b_qkv is not None, PRE=ss is not None,
         PREC=dot_precision(w_qkv.dtype),
         BLOCK_T=block_t(ss),
-        BLOCK_M=block_m, BLOCK_H=block_h, BLOCK_K=block_k,
-        num_warps=warps or QKV_WARPS, num_stages=stages or QKV_STAGES,
+        BLOCK_M=block_m, BLOCK_H=block_h, BLOCK_K=block_k, PDL=bool(launch),
+        num_warps=warps or QKV_WARPS, num_stages=stages or QKV_STAGES, **launch,
     )  # fmt: skip
     return q

@@ -99,6 +99,7 @@ class StaticSampler:
         pick: str = "torch",
         mlp: str = "torch",
         layer: str = "torch",
+        pdl: bool = True,
     ):
         conf = model.config
         dev = next(model.parameters()).device
@@ -165,6 +166,8 @@ class StaticSampler:
         fits = fused.unsupported_reason(model, n, self.head_dim) is None
         use_fused = fits and attention == "triton" and not self.compiled
         self.layer = layer if use_fused else "torch"
+        # the fused layers' kernels launched early where supported (kernels.pdl_launch)
+        self.pdl = pdl
         # sampling: plain top-p sorts the vocabulary, which stays on tensor ops
         self.pick = pick if top_p >= 1 else "torch"
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -367,6 +370,7 @@ class StaticSampler:
                 h, hw, ss = fused.decode_layer(
                     layer, nxt, self.w_qkv[i], self.b_qkv[i], self.k_cache[i], self.v_cache[i],
                     self.valid, self.scaling, self.n_heads, self.n_kv, h, hw, ss, cos, sin, slot,
+                    pdl=self.pdl,
                 )  # fmt: skip
             return h
         cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # (N, 1, 1, D)
