@@ -4,10 +4,12 @@ the SDPA backends on sampled batches.
 
     python benchmarks/decode_profile.py [VARIANT ...] [--no-sweep] [--shape=qwen7b] [--probe]
 
-The tile sweeps first (each kernel of the fused layer on the anchor's shapes, 24 distinct
-weights in one CUDA graph, against the tensor ops it replaces); their fastest tiles serve the
-variants after them. ``--shape`` decodes with another of ``gpu_step.SHAPES`` (no sweeps: the
-default tiles), e.g. to compare fused and compiled layers at 7B widths.
+The tile sweeps first (each kernel of the fused layer on the model's shapes, 24 distinct
+weights in one CUDA graph (6 for ``--shape``), against the tensor ops it replaces); their
+fastest tiles serve the variants after them. ``--shape`` decodes with another of
+``gpu_step.SHAPES``, e.g. to compare fused and compiled layers at 7B widths. Per variant: one
+decode step (graph replay) and a whole ``run()`` (prefill, the replays, the early-stop
+checks), each against the weight-streaming floor.
 """
 
 from __future__ import annotations
@@ -123,6 +125,10 @@ def bench_gate_up(dev, layers: int = 24) -> None:
 #: rows_linear tiles tried by :func:`bench_layer_kernels`: (BLOCK_N, BLOCK_K, stages, warps,
 #: split_k); the o projection (896 deep) tries the unsplit ones only.
 ROWS_CONFIGS = [
+    (64, 128, 3, 4, 4),
+    (64, 64, 4, 4, 4),
+    (128, 64, 3, 8, 4),
+    (64, 128, 3, 4, 1),
     (16, 128, 4, 4, 1),
     (16, 256, 3, 4, 1),
     (32, 128, 4, 4, 1),
@@ -182,15 +188,20 @@ def sweep(name: str, configs, run, ref, nbytes: float, base_ms: float, layers: i
     return best
 
 
-def bench_layer_kernels(dev, layers: int = 24) -> None:
-    """The fused layer's kernels as it runs them (anchor shapes, 64 rows; each norm's input
-    prepared by the kernel before), over ``layers`` distinct weights in one CUDA graph, per
-    tile, against the tensor ops they replace; the fastest tiles serve the variants below."""
+def bench_layer_kernels(dev, conf=None, layers: int = 24) -> None:
+    """The fused layer's kernels as it runs them (64 rows, the shapes of ``conf``, a model
+    config, default the anchor's; each norm's input prepared by the kernel before), over
+    ``layers`` distinct weights in one CUDA graph, per tile, against the tensor ops they
+    replace; the fastest tiles serve the variants below."""
     from steerl.generation import gemm as G
     from steerl.generation import qkv as Q
 
     g = torch.Generator(device=dev).manual_seed(3)
     n, hid, inter, hq, hkv, d, s = 64, 896, 4864, 14, 2, 64, 320
+    if conf is not None:
+        hid, inter = conf.hidden_size, conf.intermediate_size
+        hq, hkv = conf.num_attention_heads, conf.num_key_value_heads
+        d = getattr(conf, "head_dim", None) or hid // hq
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, device=dev, generator=g) * scale).bfloat16()
@@ -269,10 +280,11 @@ def bench_layer_kernels(dev, layers: int = 24) -> None:
     mask = torch.zeros(n, 1, 1, s, dtype=torch.bfloat16, device=dev)
     mask.masked_fill_(~valid[:, None, None], float("-inf"))
     qg = q.view(n, hkv, hq // hkv, d)
+    scale = d**-0.5
     base = (
         graph_ms(
             lambda: [
-                F.scaled_dot_product_attention(qg, kc[i], vc[i], attn_mask=mask, scale=0.125)
+                F.scaled_dot_product_attention(qg, kc[i], vc[i], attn_mask=mask, scale=scale)
                 for i in range(layers)
             ]  # fmt: skip
         )
@@ -283,15 +295,15 @@ def bench_layer_kernels(dev, layers: int = 24) -> None:
         kc[0].double().repeat_interleave(hq // hkv, 1),
         vc[0].double().repeat_interleave(hq // hkv, 1),
         attn_mask=valid[:, None, None],
-        scale=0.125,
+        scale=scale,
     )[:, :, 0]
     print(f"attention, SDPA: {1e3 * base:.1f} us per layer", flush=True)
     best = None
     for block_s, splits, warps in ATTN_CONFIGS:
         kw = dict(block_s=block_s, splits=splits, warps=warps)
         try:
-            rel = (K.decode_attention(q, kc[0], vc[0], valid, 0.125, **kw).float() - ref).norm()
-            ms = graph_ms(lambda kw=kw: [K.decode_attention(q, kc[i], vc[i], valid, 0.125, **kw)
+            rel = (K.decode_attention(q, kc[0], vc[0], valid, scale, **kw).float() - ref).norm()
+            ms = graph_ms(lambda kw=kw: [K.decode_attention(q, kc[i], vc[i], valid, scale, **kw)
                                          for i in range(layers)]) / layers  # fmt: skip
         except Exception as e:  # noqa: BLE001
             print(f"decode_attention {kw}: failed: {type(e).__name__}: {str(e)[:200]}")
@@ -409,9 +421,10 @@ def main() -> None:
     kw = dict(eos_token_id=None, pad_token_id=0, temperature=1.0, top_p=1.0, greedy=False)
     torch.set_grad_enabled(False)
     check_kernels(dev)
-    if "--no-sweep" not in sys.argv and shape is None:  # the sweeps use the anchor's shapes
-        bench_gate_up(dev)
-        bench_layer_kernels(dev)
+    if "--no-sweep" not in sys.argv:  # the fastest tiles for this shape serve the variants
+        if shape is None:
+            bench_gate_up(dev)
+        bench_layer_kernels(dev, model.config, layers=24 if shape is None else 6)
     pick = [a for a in sys.argv[1:] if not a.startswith("--")]
     rows, ref = [], None
     out = os.environ.get("OUT")
@@ -432,6 +445,8 @@ def main() -> None:
         ref = toks if ref is None else ref
         s.prefill(ids, mask)
         rep = events_ms(s.graph.replay, 100)
+        run_ms = events_ms(lambda s=s: s.run(ids, mask), 3)  # what a rollout's sampling costs
+        pre_ms = events_ms(lambda s=s: s.prefill(ids, mask), 5)
         from torch.profiler import ProfilerActivity, profile
 
         s.prefill(ids, mask)
@@ -446,20 +461,27 @@ def main() -> None:
         if out:
             with open(Path(out, "kernels.txt"), "a") as f:
                 f.write(f"== {name}\n{top}\n")
-        rows.append((name, build, rep, len(ev), summed, floor_ms / rep, same))
+        rows.append((name, build, rep, len(ev), summed, floor_ms / rep, same, run_ms, pre_ms))
         print(
             f"{name}: build {build:.1f}s, replay {rep:.3f} ms/token, {len(ev)} kernels, "
-            f"summed {summed:.3f} ms, {100 * floor_ms / rep:.1f}% of floor, same tokens {same}",
+            f"summed {summed:.3f} ms, {100 * floor_ms / rep:.1f}% of floor, same tokens {same}; "
+            f"run() {run_ms:.1f} ms = prefill {pre_ms:.1f} + {new - 1} replays "
+            f"{rep * (new - 1):.1f} + other {run_ms - pre_ms - rep * (new - 1):.1f}; "
+            f"{100 * floor_ms * new / run_ms:.1f}% of floor over run()",
             flush=True,
         )
         s = None
         torch.cuda.empty_cache()
-    print("\n| variant | build s | ms/token | kernels | kernel ms | % floor | same tokens |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| variant | build s | ms/token | kernels | kernel ms | % floor | same tokens "
+        "| run() ms | prefill ms | % floor over run() |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        name, build, rep, count, summed, share, same = r
+        name, build, rep, count, summed, share, same, run_ms, pre_ms = r
         cells = f"{build:.1f} | {rep:.3f} | {count} | {summed:.3f} | {100 * share:.1f}%"
-        print(f"| {name} | {cells} | {same} |")
+        whole = f"{run_ms:.1f} | {pre_ms:.1f} | {100 * floor_ms * new / run_ms:.1f}%"
+        print(f"| {name} | {cells} | {same} | {whole} |")
 
     if "--probe" not in sys.argv:
         return

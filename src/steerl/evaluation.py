@@ -40,6 +40,7 @@ def greedy_chunks(
     max_new_tokens: int,
     backend: str = "eager",
     kernels: str = "torch",
+    pdl: bool = True,
     chat_template: bool = False,
     chunk: int = 512,
 ) -> Iterator[tuple[list[Prompt], list[str], Rollout]]:
@@ -66,6 +67,7 @@ def greedy_chunks(
             greedy=True,
             backend=backend,
             kernels=kernels,
+            pdl=pdl,
             keep_sampler=False,
         )
         if len(texts) > len(part):
@@ -79,7 +81,7 @@ def accuracy_by_level(
     """Mean first-reward score (unscored: 0) of greedy completions, per difficulty level.
 
     Under torchrun each rank passes its share of the prompts; the result is over all ranks.
-    ``kw``: :func:`greedy_chunks` options (backend, kernels, chat_template, chunk).
+    ``kw``: :func:`greedy_chunks` options (backend, kernels, pdl, chat_template, chunk).
     """
     scores: list[float] = []
     for part, comps, _ in greedy_chunks(

@@ -176,6 +176,7 @@ def generate(
     backend: str = "eager",
     compile: bool = False,
     kernels: str = "torch",
+    pdl: bool = True,
     ignore_eos: bool = False,
     keep_sampler: bool = True,
 ) -> Rollout:
@@ -184,7 +185,9 @@ def generate(
     ``backend``: ``eager`` or ``static`` (see :data:`BACKENDS`; resolve ``auto`` first with
     :func:`resolve_backend`); ``compile`` applies to ``static`` on CUDA (``torch.compile`` of
     each decode layer); ``kernels`` (``torch`` or ``triton``, see :func:`resolve_kernels`)
-    picks the static sampler's decode attention and sampling. ``ignore_eos`` samples past
+    picks the static sampler's decode attention and sampling, ``pdl`` whether its fused
+    layers' kernels launch early where supported
+    (:func:`steerl.generation.kernels.pdl_launch`). ``ignore_eos`` samples past
     EOS: every completion is ``max_new_tokens`` long and counts as truncated (for benchmarks).
     ``keep_sampler=False`` frees the static sampler built for this call (evaluation batches).
     """
@@ -210,6 +213,7 @@ def generate(
                 prompt_mask,
                 compile=compile,
                 kernels=kernels,
+                pdl=pdl,
                 keep=keep_sampler,
                 **kw,
             )

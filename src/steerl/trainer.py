@@ -389,6 +389,7 @@ class Trainer(RunLoopMixin, CheckpointMixin, UpdateMixin):
             backend=self.sampler_backend,
             compile=cfg.rollout.compile,
             kernels=self.sampler_kernels,
+            pdl=cfg.rollout.pdl,
             ignore_eos=cfg.rollout.ignore_eos,
         )
         return batch, decode_completions(self.tokenizer, batch)
@@ -473,6 +474,7 @@ class Trainer(RunLoopMixin, CheckpointMixin, UpdateMixin):
             max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens,
             backend=self.sampler_backend,
             kernels=self.sampler_kernels,
+            pdl=cfg.rollout.pdl,
             chat_template=cfg.model.chat_template,
         )
 

@@ -19,4 +19,5 @@ class RolloutConfig(Section):
     backend: Literal["auto", "eager", "static"] = "auto"  # sampler; auto: static on CUDA
     compile: bool = False  # static on CUDA: torch.compile each decode layer (not the fused ones)
     kernels: Literal["auto", "triton", "torch"] = "auto"  # static: fused Triton layers (auto: CUDA)
+    pdl: bool = True  # fused layers: programmatic dependent launch where supported (Hopper+)
     ignore_eos: bool = False  # sample past EOS: full-length completions (benchmarks)

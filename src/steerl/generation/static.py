@@ -458,6 +458,7 @@ def static_generate(
     generator: torch.Generator | None,
     compile: bool = False,
     kernels: str = "torch",
+    pdl: bool = True,
     keep: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Sample with a cached :class:`StaticSampler` for this shape (built on first use).
@@ -483,6 +484,7 @@ def static_generate(
         use_graph,
         compile and use_graph,
         kernels,
+        pdl,
     )
     sampler = _SAMPLERS.get(key)
     if sampler is not None and sampler.is_valid_for(model):
@@ -506,6 +508,7 @@ def static_generate(
         pick=kernels,
         mlp=kernels,
         layer=kernels,  # whole fused layers, unless the layers are compiled
+        pdl=pdl,
     )
     if keep:  # a one-off sampler neither enters the cache nor evicts from it
         while len(_SAMPLERS) >= _KEEP:

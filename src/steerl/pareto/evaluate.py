@@ -44,6 +44,7 @@ def greedy_scores(trainer: Any, chunk: int = 512) -> tuple[list[str], torch.Tens
         max_new_tokens=max_new,
         backend=trainer.sampler_backend,
         kernels=trainer.sampler_kernels,
+        pdl=cfg.rollout.pdl,
         chat_template=cfg.model.chat_template,
         chunk=chunk,
     ):
