@@ -244,8 +244,13 @@ def bench_layer_kernels(dev, conf=None, layers: int = 24) -> None:
         print(f"{name}, tensor ops (GEMM + add + norm): {1e3 * base:.1f} us per layer", flush=True)
         configs = [c for c in ROWS_CONFIGS if name == "down" or c[4] <= 2]
         best = sweep(f"rows_linear {name}", configs, run, ref, nbytes, base, layers)
-        if best is not None and name == "down":  # the bigger one sets the default
-            G.ROWS_BLOCK_N, G.ROWS_BLOCK_K, G.ROWS_STAGES, G.ROWS_WARPS, G.ROWS_SPLIT_K = best[1]
+        kind = G.width(hid)
+        if best is not None and (name == "down" or kind == "wide"):
+            # narrow: the bigger product sets the shared tile; wide: each its own
+            key = kind + ("_split" if kind == "wide" and name == "down" else "")
+            G.ROWS_TILES[key] = best[1][:4]
+            if name == "down":
+                G.ROWS_SPLIT_K = best[1][4]
 
     # gate/up + SiLU (896 -> 2 x 4,864) on the prepared norm input
     base = (
@@ -269,7 +274,7 @@ def bench_layer_kernels(dev, conf=None, layers: int = 24) -> None:
     best = sweep("gate_up_silu (prescaled)", GATE_UP_CONFIGS, run_gu, ref, 2 * inter * hid * 2,
                  base, layers)  # fmt: skip
     if best is not None:
-        G.GATE_UP_BLOCK_N, G.GATE_UP_BLOCK_K, G.GATE_UP_STAGES, G.GATE_UP_WARPS = best[1]
+        G.GATE_UP_TILES[G.width(hid)] = best[1]
 
     # decode attention (64 rows, 14 query heads on 2 KV heads, 320 keys of which 200 valid)
     from steerl.generation import kernels as K
@@ -314,6 +319,7 @@ def bench_layer_kernels(dev, conf=None, layers: int = 24) -> None:
             best = (ms, (block_s, splits, warps))
     if best is not None:
         K.ATTN_BLOCK_S, K.ATTN_SPLITS, K.ATTN_WARPS = best[1]
+        K.ATTN_UNSPLIT_FROM = 1 << 30  # the sweep's splits at this shape
         print(f"decode_attention: fastest {best[1]} at {1e3 * best[0]:.1f} us", flush=True)
 
     # norm + q/k/v + RoPE + cache writes

@@ -144,3 +144,61 @@ def test_many_handed_over_partials_are_summed_in_chunks():
     out = G.rows_linear(yw, w2, ss=ss, eps=1e-6)
     ref = _rms(y.double(), nw.double(), 1e-6) @ w2.double().T
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_triton
+def test_wide_products_take_the_wide_tiles_and_deep_ones_split(monkeypatch):
+    """From ``G.WIDE`` on, rows_linear takes the wide tile (the split one when the depth is at
+    least twice the output width: ROWS_SPLIT_K slices) and gate_up_silu the wide tile; the
+    results match float64 with every tile."""
+    monkeypatch.setattr(G, "WIDE", 64)  # small shapes stand for a 7B layer's
+    seen = []
+    launch = G._launch
+
+    def spy(*args, **kw):
+        seen.append((args[7], kw.get("split_k", 1)))
+        return launch(*args, **kw)
+
+    monkeypatch.setattr(G, "_launch", spy)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 128, generator=g)
+    for n, k, tile, split in [
+        (64, 64, "wide", 1),
+        (64, 128, "wide_split", G.ROWS_SPLIT_K),
+        (32, 128, "narrow", G.ROWS_SPLIT_K),
+        (32, 32, "narrow", 1),
+    ]:
+        w = torch.randn(n, k, generator=g) / k**0.5
+        out = G.rows_linear(x[:, :k], w)
+        assert seen[-1] == (G.ROWS_TILES[tile], split), (n, k)
+        torch.testing.assert_close(
+            out.double(), x[:, :k].double() @ w.double().T, atol=1e-5, rtol=1e-5
+        )
+    for k, tile in [(64, "wide"), (32, "narrow")]:
+        wg, wu = torch.randn(2, 40, k, generator=g) / k**0.5
+        out = G.gate_up_silu(x[:, :k], wg, wu)
+        assert seen[-1][0] == G.GATE_UP_TILES[tile]
+        xd = x[:, :k].double()
+        ref = F.silu(xd @ wg.double().T) * (xd @ wu.double().T)
+        torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_width_classes():
+    assert G.width(G.WIDE - 1) == "narrow" and G.width(G.WIDE) == "wide"
+    assert set(G.GATE_UP_TILES) == {"narrow", "wide"}
+    assert set(G.ROWS_TILES) == {"narrow", "wide", "wide_split"}
+
+
+@needs_triton
+def test_early_launch_off_cuda_is_a_plain_launch():
+    """``pdl=True`` asks for programmatic dependent launch; off CUDA (or on cards before
+    Hopper) the kernels launch as before and give the same bits."""
+    assert K.pdl_launch(torch.device("cpu")) == {}
+    assert K.pdl_launch(torch.device("cpu"), want=False) == {}
+    g = torch.Generator().manual_seed(5)
+    x, h = torch.randn(2, 3, 48, generator=g)
+    w, nw = torch.randn(48, 48, generator=g) / 7, 1 + torch.randn(48, generator=g) / 10
+    plain = G.rows_linear(x, w, res=h, norm_out=nw)
+    early = G.rows_linear(x, w, res=h, norm_out=nw, pdl=True)
+    for a, b in zip(plain, early):
+        assert torch.equal(a, b)

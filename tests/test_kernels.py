@@ -295,3 +295,39 @@ def test_fused_layer_refuses_mixed_norm_and_projection_dtypes():
     assert fused.unsupported_reason(model, 6, 32) is None
     model.model.layers[0].input_layernorm.to(torch.float64)
     assert "different dtypes" in fused.unsupported_reason(model, 6, 32)
+
+
+@needs_triton
+def test_decode_attention_leaves_keys_unsplit_for_many_row_heads(monkeypatch):
+    """From ``ATTN_UNSPLIT_FROM`` (row, KV head) pairs on, one program per pair: no partials,
+    no arrival counters, the same result."""
+    g = torch.Generator().manual_seed(6)
+    n, hq, hkv, d, s = 2, 4, 2, 16, 520
+    q = torch.randn(n, hq, d, generator=g)
+    k, v = torch.randn(2, n, hkv, s, d, generator=g)
+    valid = torch.rand(n, s, generator=g) > 0.3
+    monkeypatch.setattr(K, "ARRIVAL_COUNTERS", {})
+    split = K.decode_attention(q, k, v, valid, 0.25)
+    assert (q.device, n * hkv) in K.ARRIVAL_COUNTERS  # 4 pairs: split, merged by counters
+    monkeypatch.setattr(K, "ARRIVAL_COUNTERS", {})
+    monkeypatch.setattr(K, "ATTN_UNSPLIT_FROM", n * hkv)
+    whole = K.decode_attention(q, k, v, valid, 0.25)
+    assert not K.ARRIVAL_COUNTERS
+    torch.testing.assert_close(whole, split, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole, _sdpa(q, k, v, valid, 0.25), atol=1e-5, rtol=1e-5)
+
+
+def test_rollout_pdl_reaches_the_static_sampler():
+    """``rollout.pdl`` (bool) is handed to the static sampler (its fused layers' launches)."""
+    from steerl.rollout import generate
+
+    model = _qwen()
+    ids, mask = _prompts()
+    for pdl in (False, True):
+        static_mod.clear_cache()
+        generate(model, ids, mask, max_new_tokens=3, eos_token_id=2, pad_token_id=0,
+                 backend="static", pdl=pdl)  # fmt: skip
+        assert next(iter(static_mod._SAMPLERS.values())).pdl is pdl
+    assert load_config("default", ["rollout.pdl=false"]).rollout.pdl is False
+    with pytest.raises(ConfigError, match=r"rollout\.pdl"):
+        load_config("default", ["rollout.pdl=sometimes"])

@@ -154,26 +154,32 @@ if triton is not None:
                 tl.store(count_ptr + tile, 0)  # ready for the next launch
 
 
-#: Tile of :func:`gate_up_silu`: rows are one tile up to 64, the weights stream in BLOCK_N x
-#: BLOCK_K tiles. The fastest of ten on the anchor MLP (64 rows, 896 -> 4,864; 24 distinct
-#: weight pairs in one CUDA graph) on an H200: 9.2 us per layer against 14.3 for two cuBLAS
-#: products and the pointwise kernel; with the norm's row scale from ``ss`` 9.6 us against
-#: 19.3 for RMSNorm + products + pointwise (``benchmarks/decode_profile.py``, 2026-11-28).
-GATE_UP_BLOCK_N = 64
-GATE_UP_BLOCK_K = 128
-GATE_UP_STAGES = 3
-GATE_UP_WARPS = 4
-#: Tile of :func:`rows_linear` (narrow column tiles: the anchor's 896-wide outputs give 56
-#: programs per depth slice). Same sweep, H200: output projection + residual + ``norm_out``
-#: 4.7 us against 8.3 for GEMM + add + RMSNorm; the down projection (4,864 deep) 8.5 us with
-#: 4 depth slices, 12.8 unsplit, 11.4 with 8 (32-column tiles with 4 slices: 8.4).
-ROWS_BLOCK_N = 16
-ROWS_BLOCK_K = 128
-ROWS_STAGES = 4
-ROWS_WARPS = 4
-#: Depth slices of :func:`rows_linear` for deep products (K >= 2,048: the MLP's down
+#: Widths (the model's hidden size) from which the ``wide`` tiles below serve.
+WIDE = 2048
+#: Tiles ``(BLOCK_N, BLOCK_K, stages, warps)`` of :func:`gate_up_silu` by the input width K
+#: (rows are one tile up to 64; the weights stream in BLOCK_N x BLOCK_K tiles). The fastest
+#: of ten per shape (64 rows, the norm's row scale from ``ss``; distinct weight pairs in one
+#: CUDA graph; ``benchmarks/decode_profile.py [--shape=qwen7b]``, H200, 2026-11-28): narrow,
+#: the anchor's 896 -> 4,864: 9.5 us per layer against 19.5 for RMSNorm + two cuBLAS products
+#: + pointwise; wide, 7B's 3,584 -> 18,944: 74.6 us against 92.1 (the narrow tile: 80.1).
+GATE_UP_TILES = {"narrow": (64, 128, 3, 4), "wide": (32, 64, 4, 4)}
+#: Tiles of :func:`rows_linear` by the output width N, and for a wide output whether the depth
+#: is split: narrow column tiles for narrow outputs (the anchor's 896 give 56 programs per
+#: depth slice). Same sweeps: anchor output projection + residual + ``norm_out`` 4.7 us
+#: against 8.5 for GEMM + add + RMSNorm, down projection (4,864 deep, 4 slices) 8.5 against
+#: 12.7; 7B (3,584 wide) output projection 13.9 us against 16.6 (narrow tile 14.4), down
+#: projection (18,944 deep, 4 slices) 43.5 against 47.4 (narrow tile 65.2).
+ROWS_TILES = {"narrow": (16, 128, 4, 4), "wide": (32, 128, 4, 4), "wide_split": (64, 128, 3, 4)}
+#: Depth slices of :func:`rows_linear` for deep products (K >= 2 N: the MLP's down
 #: projection).
 ROWS_SPLIT_K = 4
+
+
+def width(n: int) -> str:
+    """``narrow`` or ``wide``: which tiles serve a product ``n`` wide (see :data:`WIDE`)."""
+    return "wide" if n >= WIDE else "narrow"
+
+
 #: Rows up to which the sampler uses these kernels (one row tile: the weights stream once).
 #: More rows re-read the weights once per 64-row tile, where cuBLAS's products, no longer
 #: bound by the weight reads, are the better choice (not measured above 64 rows).
@@ -270,7 +276,7 @@ def gate_up_silu(
     (:func:`~steerl.generation.kernels.pdl_launch`).
     """
     tile = (block_n, block_k, stages, warps)
-    defaults = (GATE_UP_BLOCK_N, GATE_UP_BLOCK_K, GATE_UP_STAGES, GATE_UP_WARPS)
+    defaults = GATE_UP_TILES[width(x.shape[-1])]
     return _launch(x, w_gate, w_up, norm_w, eps, None, tile, defaults, ss=ss, pdl=pdl)
 
 
@@ -297,14 +303,15 @@ def rows_linear(
     norm-weighted copy; else ``x``. With ``norm_out`` (N,) returns ``(y, y * norm_out, ss_y)``:
     the next RMSNorm's input prepared for the next kernel (``ss_y`` (M, tiles) its partial
     sums of squares). ``split_k`` slices the depth over that many programs per output tile
-    (more programs for a deep, narrow product; default :data:`ROWS_SPLIT_K` for K of 2,048
+    (more programs for a deep, narrow product; default :data:`ROWS_SPLIT_K` for K of twice N
     and more) whose last merges the slices in order. Accumulates in float32, rounds once.
     ``pdl``: launched early where supported (:func:`~steerl.generation.kernels.pdl_launch`).
     """
     if split_k is None:
-        split_k = ROWS_SPLIT_K if x.shape[-1] >= 2048 and norm_w is None else 1
+        split_k = ROWS_SPLIT_K if x.shape[-1] >= 2 * w.shape[0] and norm_w is None else 1
     tile = (block_n, block_k, stages, warps)
-    defaults = (ROWS_BLOCK_N, ROWS_BLOCK_K, ROWS_STAGES, ROWS_WARPS)
+    kind = width(w.shape[0])
+    defaults = ROWS_TILES[kind + ("_split" if kind == "wide" and split_k > 1 else "")]
     return _launch(
         x, w, None, norm_w, eps, res, tile, defaults, ss=ss, norm_out=norm_out,
         split_k=split_k, pdl=pdl,

@@ -302,6 +302,11 @@ if triton is not None:
 ATTN_BLOCK_S = 64
 ATTN_SPLITS = 8
 ATTN_WARPS = 4
+#: From this many (row, KV head) pairs the keys are not split (one program each, no partials
+#: to merge): on an H200, 64 rows x 2 KV heads (the anchor) 8.5 us per layer with 8 splits
+#: against 9.5 with one; 64 rows x 4 KV heads of 128-wide heads (7B) 17.1 us with one against
+#: 23.3 with 8 (``benchmarks/decode_profile.py [--shape=qwen7b]``, 2026-11-28).
+ATTN_UNSPLIT_FROM = 256
 
 #: Arrival counters of the kernels whose last program merges the others' partial results
 #: (:func:`decode_attention`: one per (row, KV head); split-K ``gemm.rows_linear``: one per
@@ -343,10 +348,11 @@ def decode_attention(
     ``valid`` is False are left out. Every row needs at least one valid key. One kernel
     launch (``splits``, ``block_s``, ``warps``: the tile, for tuning; defaults
     :data:`ATTN_SPLITS`, :data:`ATTN_BLOCK_S`, :data:`ATTN_WARPS`): the keys of each (row, KV
-    head) are split over up to :data:`ATTN_SPLITS`
-    programs, and the last of them to finish merges their partial softmaxes in a fixed order
-    (the output is bitwise reproducible). Safe to capture in a CUDA graph; concurrent calls
-    on different streams of one device are not (they would share the arrival counters).
+    head) are split over up to :data:`ATTN_SPLITS` programs (none from
+    :data:`ATTN_UNSPLIT_FROM` pairs on), and the last of them to finish merges their partial
+    softmaxes in a fixed order (the output is bitwise reproducible). Safe to capture in a
+    CUDA graph; concurrent calls on different streams of one device are not (they would
+    share the arrival counters).
     ``pdl``: launched early where supported (:func:`pdl_launch`).
     """
     n, hq, d = q.shape
@@ -358,7 +364,9 @@ def decode_attention(
         raise ValueError("decode_attention needs q, k and v contiguous in the head dimension")
     block_g = max(16, triton.next_power_of_2(g))
     block_s = block_s or ATTN_BLOCK_S
-    splits = max(1, min(splits or ATTN_SPLITS, triton.cdiv(s, block_s)))
+    if splits is None:
+        splits = 1 if n * hkv >= ATTN_UNSPLIT_FROM else ATTN_SPLITS
+    splits = max(1, min(splits, triton.cdiv(s, block_s)))
     chunk = triton.cdiv(triton.cdiv(s, splits), block_s) * block_s
     dev = q.device
     out = torch.empty((n, hq, d), dtype=q.dtype, device=dev)
