@@ -2,7 +2,8 @@
 kernel count and GPU time of one decode step (eager and compiled), and a gradient-NaN probe of
 the SDPA backends on sampled batches.
 
-    python benchmarks/decode_profile.py [VARIANT ...] [--no-sweep] [--shape=qwen7b] [--probe]
+    python benchmarks/decode_profile.py [VARIANT ...] [--no-sweep] [--shape=qwen7b] [--rows=64]
+        [--probe]
 
 The tile sweeps first (each kernel of the fused layer on the model's shapes, 24 distinct
 weights in one CUDA graph (6 for ``--shape``), against the tensor ops it replaces); their
@@ -61,6 +62,10 @@ VARIANTS = {
     ),
     "fused layers, no PDL": dict(
         attention="triton", pick="triton", mlp="triton", layer="triton", pdl=False
+    ),
+    # the anchor's (narrow) tiles and split attention at any width: the width rules' baseline
+    "fused layers, narrow tiles": dict(
+        attention="triton", pick="triton", mlp="triton", layer="triton", narrow=True
     ),
 }
 
@@ -415,7 +420,8 @@ def main() -> None:
     dev = torch.device("cuda")
     shape = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--shape=")), None)
     model = build_model(False, shape, "cuda").to(dev, torch.bfloat16).eval()
-    n, p, new = 64, 64, 256
+    n = int(next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--rows=")), 64))
+    p, new = 64, 256
     floor_ms = n_params(model) * 2 / bandwidth(dev) * 1e3
     from steerl.generation.kernels import pdl_launch
 
@@ -437,12 +443,20 @@ def main() -> None:
     for name, opts in VARIANTS.items():
         if pick and not any(k in name for k in pick):
             continue
+        from steerl.generation import gemm as G
+        from steerl.generation import kernels as K
+
+        opts = dict(opts)
+        rules = G.WIDE, K.ATTN_UNSPLIT_FROM
+        if opts.pop("narrow", False):
+            G.WIDE = K.ATTN_UNSPLIT_FROM = 1 << 30
         gen = torch.Generator(device=dev).manual_seed(0)
         t0 = time.perf_counter()
         try:
             s = StaticSampler(model, n, p, new, generator=gen, use_graph=True, **kw, **opts)
         except Exception as e:  # noqa: BLE001
             print(f"{name}: failed to build: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            G.WIDE, K.ATTN_UNSPLIT_FROM = rules
             continue
         torch.cuda.synchronize()
         build = time.perf_counter() - t0
@@ -477,6 +491,7 @@ def main() -> None:
             flush=True,
         )
         s = None
+        G.WIDE, K.ATTN_UNSPLIT_FROM = rules
         torch.cuda.empty_cache()
     print(
         "\n| variant | build s | ms/token | kernels | kernel ms | % floor | same tokens "
