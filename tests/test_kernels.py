@@ -331,3 +331,18 @@ def test_rollout_pdl_reaches_the_static_sampler():
     assert load_config("default", ["rollout.pdl=false"]).rollout.pdl is False
     with pytest.raises(ConfigError, match=r"rollout\.pdl"):
         load_config("default", ["rollout.pdl=sometimes"])
+
+
+def test_fused_layers_serve_models_narrower_than_the_measured_cut(monkeypatch):
+    """From ``fused.FUSED_MAX_WIDTH`` on, the sampler keeps the tensor-op layers (with the
+    Triton attention and sampling): measured faster there."""
+    from steerl.generation import fused
+
+    model = _qwen(head_dim=32)
+    assert fused.unsupported_reason(model, 6, 32) is None
+    width = model.config.hidden_size
+    monkeypatch.setattr(fused, "FUSED_MAX_WIDTH", width)
+    assert f"hidden size {width}" in fused.unsupported_reason(model, 6, 32)
+    kw = dict(eos_token_id=2, pad_token_id=0, temperature=1.0, top_p=1.0, greedy=True,
+              generator=None, use_graph=False, attention="triton", layer="triton")  # fmt: skip
+    assert StaticSampler(model, 6, 64, 2, **kw).layer == "torch"

@@ -20,6 +20,15 @@ import torch
 
 from steerl.generation.layers import eps_of
 
+#: Hidden sizes from which the static sampler keeps the tensor-op layers (cuBLAS products,
+#: with the Triton attention, gated MLP and sampling) instead of the fused ones. On an H200
+#: (``benchmarks/decode_profile.py --shape=... --rows=...``, 2026-11-28) the fused layers
+#: were the faster at 896 wide (the anchor, 64 rows: 1.141 ms per token against 1.262
+#: compiled) and at 3,584 (7B, 64 rows: 5.371 against 5.545 for the tensor-op layers; 5.164
+#: compiled), the slower at 5,120 (14B, 32 rows: 12.704, or 11.623 with the narrow tiles,
+#: against 10.679).
+FUSED_MAX_WIDTH = 4096
+
 
 def layer_reason(model) -> str | None:
     """Why ``model``'s decoder layer is not the plain Llama/Qwen2 one (no q/k norms, no biases
@@ -45,6 +54,11 @@ def unsupported_reason(model, rows: int, head_dim: int) -> str | None:
         return why
     if rows > GATE_UP_MAX_ROWS:
         return f"{rows} rows (one row tile: at most {GATE_UP_MAX_ROWS})"
+    if model.config.hidden_size >= FUSED_MAX_WIDTH:
+        return (
+            f"hidden size {model.config.hidden_size} (from {FUSED_MAX_WIDTH} on the tensor-op "
+            "layers with the Triton attention, MLP and sampling were faster)"
+        )
     if head_dim < 32 or head_dim & (head_dim - 1):
         return f"head size {head_dim} (a power of 2 >= 32)"
     layer = model.model.layers[0]
