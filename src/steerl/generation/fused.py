@@ -11,7 +11,12 @@ the norm-weighted rows and their partial sums of squares (:mod:`steerl.generatio
 5. ``rows_linear(a, W_down, res=h, norm_out=w_next)``: down projection and residual.
 
 The residual stream travels as ``(h, hw, ss)``: ``h`` (N, H), ``hw = h * w`` for the next
-norm's weight ``w`` and ``ss`` (N, T) the partial sums of squares of ``h``'s rows.
+norm's weight ``w`` and ``ss`` (N, T) the partial sums of squares of ``h``'s rows. With
+``pdl`` (``rollout.pdl``) each kernel is launched while the one before still runs and waits
+for it inside (:func:`steerl.generation.kernels.pdl_launch`): the launch gaps between the
+layer's kernels are hidden. Tiles are picked by width (``gemm.GATE_UP_TILES``,
+``gemm.ROWS_TILES``, ``kernels.ATTN_UNSPLIT_FROM``); models from :data:`FUSED_MAX_WIDTH`
+wide keep the tensor-op layers.
 """
 
 from __future__ import annotations

@@ -11,10 +11,14 @@ attention cache: a preallocated
 token with no host synchronisation; the step counter lives on the device. The host looks at
 ``done.all()`` only every ``check_every`` tokens, to stop early once every row has ended.
 
-Options (``rollout.compile``, ``rollout.kernels``): ``compile_step`` compiles each decode
-layer as two functions with the residual adds moved into the next RMSNorm's kernel;
-``attention="triton"`` and ``pick="triton"`` use :mod:`steerl.generation.kernels` for the
-decode attention and for the sampling with its bookkeeping.
+Options (``rollout.compile``, ``rollout.kernels``, ``rollout.pdl``): ``compile_step``
+compiles each decode layer as two functions with the residual adds moved into the next
+RMSNorm's kernel; ``attention="triton"`` and ``pick="triton"`` use
+:mod:`steerl.generation.kernels` for the decode attention and for the sampling with its
+bookkeeping; ``layer="triton"`` runs each layer as the fused kernels of
+:mod:`steerl.generation.fused` (where :func:`~steerl.generation.fused.unsupported_reason`
+allows: one row tile, models narrower than ``fused.FUSED_MAX_WIDTH``), launched early with
+``pdl`` (:func:`steerl.generation.kernels.pdl_launch`).
 
 On the CPU (tests) the same step runs eagerly. Sampling draws the token by an exponential race,
 ``argmax(z / T - log E)`` with ``E ~ Exp(1)`` from the caller's generator, which is the
@@ -45,7 +49,7 @@ PICK = ("torch", "triton")
 #: The MLP's gated half: ``torch`` or ``triton`` (:func:`steerl.generation.gemm.gate_up_silu`).
 MLP = ("torch", "triton")
 #: The whole decode layer: ``torch`` (the pieces above) or ``triton``: four Triton kernels
-#: besides the attention (:mod:`steerl.generation.fused`).
+#: besides the attention (:mod:`steerl.generation.fused`), launched early where supported.
 LAYER = ("torch", "triton")
 #: Architectures whose decoder layers this sampler reproduces.
 SUPPORTED = ("llama", "qwen2", "qwen3")
