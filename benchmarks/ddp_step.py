@@ -295,6 +295,8 @@ def main() -> None:
         help="only the --run configurations (skip the default 1-GPU and N-GPU runs)",
     )
     args = ap.parse_args()
+    if args.runs_only and not args.run:
+        ap.error("--runs-only needs at least one --run")
     if args.worker:
         return worker(args)
     if args.tiny:

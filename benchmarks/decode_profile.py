@@ -63,7 +63,8 @@ VARIANTS = {
     "fused layers, no PDL": dict(
         attention="triton", pick="triton", mlp="triton", layer="triton", pdl=False
     ),
-    # the anchor's (narrow) tiles and split attention at any width: the width rules' baseline
+    # the narrow entries of the tile tables and split attention at any width (the anchor's
+    # tiles unless a sweep ran): the width rules' baseline
     "fused layers, narrow tiles": dict(
         attention="triton", pick="triton", mlp="triton", layer="triton", narrow=True
     ),
@@ -193,16 +194,17 @@ def sweep(name: str, configs, run, ref, nbytes: float, base_ms: float, layers: i
     return best
 
 
-def bench_layer_kernels(dev, conf=None, layers: int = 24) -> None:
-    """The fused layer's kernels as it runs them (64 rows, the shapes of ``conf``, a model
+def bench_layer_kernels(dev, conf=None, layers: int = 24, n: int = 64) -> None:
+    """The fused layer's kernels as it runs them (``n`` rows, the shapes of ``conf``, a model
     config, default the anchor's; each norm's input prepared by the kernel before), over
     ``layers`` distinct weights in one CUDA graph, per tile, against the tensor ops they
-    replace; the fastest tiles serve the variants below."""
+    replace; the fastest tiles serve the variants below (stored where the kernels' width
+    rules will look them up)."""
     from steerl.generation import gemm as G
     from steerl.generation import qkv as Q
 
     g = torch.Generator(device=dev).manual_seed(3)
-    n, hid, inter, hq, hkv, d, s = 64, 896, 4864, 14, 2, 64, 320
+    hid, inter, hq, hkv, d, s = 896, 4864, 14, 2, 64, 320
     if conf is not None:
         hid, inter = conf.hidden_size, conf.intermediate_size
         hq, hkv = conf.num_attention_heads, conf.num_key_value_heads
@@ -247,13 +249,17 @@ def bench_layer_kernels(dev, conf=None, layers: int = 24) -> None:
 
         nbytes = ws[0].numel() * 2
         print(f"{name}, tensor ops (GEMM + add + norm): {1e3 * base:.1f} us per layer", flush=True)
-        configs = [c for c in ROWS_CONFIGS if name == "down" or c[4] <= 2]
+        # as rows_linear splits: the output projection never (K < 2N), the down projection
+        # at wide shapes always (its own tile), at narrow ones as fast as it is
+        wide = G.width(hid) == "wide"
+        configs = [
+            c for c in ROWS_CONFIGS
+            if (c[4] == 1 if name == "o_proj" else not wide or c[4] > 1)
+        ]  # fmt: skip
         best = sweep(f"rows_linear {name}", configs, run, ref, nbytes, base, layers)
-        kind = G.width(hid)
-        if best is not None and (name == "down" or kind == "wide"):
-            # narrow: the bigger product sets the shared tile; wide: each its own
-            key = kind + ("_split" if kind == "wide" and name == "down" else "")
-            G.ROWS_TILES[key] = best[1][:4]
+        if best is not None and (name == "down" or wide):
+            # narrow: both share a tile and the bigger product sets it; wide: each its own
+            G.ROWS_TILES[G.rows_tile_key(hid, best[1][4])] = best[1][:4]
             if name == "down":
                 G.ROWS_SPLIT_K = best[1][4]
 
@@ -436,18 +442,20 @@ def main() -> None:
     if "--no-sweep" not in sys.argv:  # the fastest tiles for this shape serve the variants
         if shape is None:
             bench_gate_up(dev)
-        bench_layer_kernels(dev, model.config, layers=24 if shape is None else 6)
+        bench_layer_kernels(dev, model.config, layers=24 if shape is None else 6, n=n)
     pick = [a for a in sys.argv[1:] if not a.startswith("--")]
     rows, ref = [], None
     out = os.environ.get("OUT")
     for name, opts in VARIANTS.items():
         if pick and not any(k in name for k in pick):
             continue
+        from steerl.generation import fused
         from steerl.generation import gemm as G
         from steerl.generation import kernels as K
 
         opts = dict(opts)
-        rules = G.WIDE, K.ATTN_UNSPLIT_FROM
+        rules = G.WIDE, K.ATTN_UNSPLIT_FROM, fused.FUSED_MAX_WIDTH
+        fused.FUSED_MAX_WIDTH = 1 << 30  # a fused variant measures the fused layers at any width
         if opts.pop("narrow", False):
             G.WIDE = K.ATTN_UNSPLIT_FROM = 1 << 30
         gen = torch.Generator(device=dev).manual_seed(0)
@@ -456,8 +464,10 @@ def main() -> None:
             s = StaticSampler(model, n, p, new, generator=gen, use_graph=True, **kw, **opts)
         except Exception as e:  # noqa: BLE001
             print(f"{name}: failed to build: {type(e).__name__}: {str(e)[:300]}", flush=True)
-            G.WIDE, K.ATTN_UNSPLIT_FROM = rules
+            G.WIDE, K.ATTN_UNSPLIT_FROM, fused.FUSED_MAX_WIDTH = rules
             continue
+        if opts.get("layer") == "triton" and s.layer != "triton":
+            print(f"{name}: the fused layers do not apply here; tensor-op layers", flush=True)
         torch.cuda.synchronize()
         build = time.perf_counter() - t0
         toks, _, _ = s.run(ids, mask)
@@ -491,7 +501,7 @@ def main() -> None:
             flush=True,
         )
         s = None
-        G.WIDE, K.ATTN_UNSPLIT_FROM = rules
+        G.WIDE, K.ATTN_UNSPLIT_FROM, fused.FUSED_MAX_WIDTH = rules
         torch.cuda.empty_cache()
     print(
         "\n| variant | build s | ms/token | kernels | kernel ms | % floor | same tokens "

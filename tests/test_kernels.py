@@ -299,8 +299,8 @@ def test_fused_layer_refuses_mixed_norm_and_projection_dtypes():
 
 @needs_triton
 def test_decode_attention_leaves_keys_unsplit_for_many_row_heads(monkeypatch):
-    """From ``ATTN_UNSPLIT_FROM`` (row, KV head) pairs on, one program per pair: no partials,
-    no arrival counters, the same result."""
+    """From ``ATTN_UNSPLIT_FROM`` (row, KV head) pairs on, one program per pair (caches of up
+    to ``ATTN_UNSPLIT_MAX_KEYS`` keys): no partials, no arrival counters, the same result."""
     g = torch.Generator().manual_seed(6)
     n, hq, hkv, d, s = 2, 4, 2, 16, 520
     q = torch.randn(n, hq, d, generator=g)
@@ -311,6 +311,11 @@ def test_decode_attention_leaves_keys_unsplit_for_many_row_heads(monkeypatch):
     assert (q.device, n * hkv) in K.ARRIVAL_COUNTERS  # 4 pairs: split, merged by counters
     monkeypatch.setattr(K, "ARRIVAL_COUNTERS", {})
     monkeypatch.setattr(K, "ATTN_UNSPLIT_FROM", n * hkv)
+    monkeypatch.setattr(K, "ATTN_UNSPLIT_MAX_KEYS", s - 1)  # a longer cache: still split
+    torch.testing.assert_close(K.decode_attention(q, k, v, valid, 0.25), split)
+    assert (q.device, n * hkv) in K.ARRIVAL_COUNTERS
+    monkeypatch.setattr(K, "ARRIVAL_COUNTERS", {})
+    monkeypatch.setattr(K, "ATTN_UNSPLIT_MAX_KEYS", s)
     whole = K.decode_attention(q, k, v, valid, 0.25)
     assert not K.ARRIVAL_COUNTERS
     torch.testing.assert_close(whole, split, atol=1e-5, rtol=1e-5)
@@ -346,3 +351,30 @@ def test_fused_layers_serve_models_narrower_than_the_measured_cut(monkeypatch):
     kw = dict(eos_token_id=2, pad_token_id=0, temperature=1.0, top_p=1.0, greedy=True,
               generator=None, use_graph=False, attention="triton", layer="triton")  # fmt: skip
     assert StaticSampler(model, 6, 64, 2, **kw).layer == "torch"
+
+
+@needs_triton
+def test_every_fused_layer_kernel_asks_for_the_early_launch_it_was_given(monkeypatch):
+    """``pdl`` (``rollout.pdl``) reaches all five kernels of every fused layer, and each
+    launch's ``PDL`` flag agrees with its launch option (off CUDA: a plain launch)."""
+    asked = []
+    launch = K.pdl_launch
+
+    def spy(device, want=True):
+        asked.append(want)
+        return launch(device, want)
+
+    monkeypatch.setattr(K, "pdl_launch", spy)
+    model = _qwen(head_dim=32)
+    layers = model.config.num_hidden_layers
+    for pdl in (True, False):
+        asked.clear()
+        s = StaticSampler(
+            model, 6, 64, 3, eos_token_id=2, pad_token_id=0, temperature=1.0, top_p=1.0,
+            greedy=True, generator=None, use_graph=False, attention="triton", layer="triton",
+            pdl=pdl,
+        )  # fmt: skip
+        s.run(*_prompts())
+        assert asked and set(asked) == {pdl}
+        assert len(asked) == 5 * layers * 2  # 2 decode steps after the prefill's token
+    assert K.pdl_args(torch.device("cpu"), True) == {"PDL": False}

@@ -273,3 +273,32 @@ def test_callback_can_stop_the_run(tmp_path, tiny_config):
 
     summary = Trainer(tiny_config(), tmp_path, callbacks=[StopAfterTwo()]).train()
     assert summary["steps"] == 2 and not summary["completed"]
+
+
+def test_adamw_is_fused_under_sharding_and_a_multi_tensor_checkpoint_stays_fused(
+    tmp_path, tiny_config, monkeypatch
+):
+    """Under ``train.distributed=fsdp`` AdamW is fused (on the CPU too, as on CUDA: no
+    parameter-sized temporaries), and resuming an optimizer state written by multi-tensor
+    AdamW keeps this run's fused implementation (``load_state_dict`` alone would take the
+    writer's flags)."""
+    from steerl import trainer as trainer_mod
+    from steerl.checkpoint import load_optimizer
+
+    t = Trainer(tiny_config(), tmp_path / "run")
+    assert not t.optimizer.defaults.get("fused")  # one CPU process: torch's default
+    monkeypatch.setattr(trainer_mod.ddp, "sharded", lambda: True)
+    for phase in ("warmup", "rl"):
+        assert t._make_optimizer(phase).defaults["fused"] is True, phase
+    params = [p for p in t.model.parameters() if p.requires_grad][:3]
+    old = torch.optim.AdamW(params, lr=1e-3, foreach=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    old.step()
+    (tmp_path / "ckpt").mkdir()
+    torch.save(old.state_dict(), tmp_path / "ckpt" / "optimizer.pt")
+    new = torch.optim.AdamW(params, lr=1e-3, fused=True)
+    assert load_optimizer(tmp_path / "ckpt", new)
+    assert new.param_groups[0]["fused"] is True and not new.param_groups[0]["foreach"]
+    assert torch.equal(new.state[params[0]]["exp_avg"], old.state[params[0]]["exp_avg"])
+    new.step()  # the fused kernel accepts the loaded state

@@ -261,5 +261,12 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> bool:
         from steerl.fsdp import shard_optimizer_state
 
         sd = shard_optimizer_state(optimizer, sd)
+    # the implementation flags are this run's, not the writer's: load_state_dict would take
+    # fused/foreach from the saved groups (a checkpoint of multi-tensor AdamW would keep the
+    # resumed run multi-tensor, with its parameter-sized temporaries)
+    for saved, live in zip(sd["param_groups"], optimizer.param_groups, strict=True):
+        for key in ("fused", "foreach"):
+            if key in live:
+                saved[key] = live[key]
     optimizer.load_state_dict(sd)
     return True

@@ -31,7 +31,8 @@ from steerl.generation.layers import eps_of
 #: were the faster at 896 wide (the anchor, 64 rows: 1.141 ms per token against 1.262
 #: compiled) and at 3,584 (7B, 64 rows: 5.371 against 5.545 for the tensor-op layers; 5.164
 #: compiled), the slower at 5,120 (14B, 32 rows: 12.704, or 11.623 with the narrow tiles,
-#: against 10.679).
+#: against 10.679). Between the two (e.g. 4,096: Llama-3-8B) not measured; the cut keeps the
+#: tensor-op layers there.
 FUSED_MAX_WIDTH = 4096
 
 
@@ -61,8 +62,8 @@ def unsupported_reason(model, rows: int, head_dim: int) -> str | None:
         return f"{rows} rows (one row tile: at most {GATE_UP_MAX_ROWS})"
     if model.config.hidden_size >= FUSED_MAX_WIDTH:
         return (
-            f"hidden size {model.config.hidden_size} (from {FUSED_MAX_WIDTH} on the tensor-op "
-            "layers with the Triton attention, MLP and sampling were faster)"
+            f"hidden size {model.config.hidden_size} >= FUSED_MAX_WIDTH ({FUSED_MAX_WIDTH}): "
+            "the tensor-op layers measured faster there"
         )
     if head_dim < 32 or head_dim & (head_dim - 1):
         return f"head size {head_dim} (a power of 2 >= 32)"

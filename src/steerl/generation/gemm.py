@@ -22,16 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from steerl.generation.kernels import (
-    dot_precision,
-    gdc_launch_dependents,
-    gdc_wait,
-    pdl_launch,
-    tl,
-    triton,
-)
+from steerl.generation.kernels import dot_precision, pdl_args, tl, triton
 
 if triton is not None:
+    from steerl.generation.kernels import pdl_enter  # called in the kernel
 
     @triton.jit
     def _row_scale(ss_ptr, s_ss, rm, M, T, K, eps, BLOCK_T: tl.constexpr):
@@ -86,9 +80,7 @@ if triton is not None:
         to arrive sums them in slice order (deterministic) and stores the tile. PDL: launched
         early (:func:`~steerl.generation.kernels.pdl_launch`), so it waits first.
         """
-        if PDL:
-            gdc_wait()
-            gdc_launch_dependents()
+        pdl_enter(PDL)
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         pid_k = tl.program_id(2)
@@ -180,6 +172,12 @@ def width(n: int) -> str:
     return "wide" if n >= WIDE else "narrow"
 
 
+def rows_tile_key(n: int, split_k: int) -> str:
+    """The :data:`ROWS_TILES` entry serving a :func:`rows_linear` with ``n`` outputs."""
+    kind = width(n)
+    return kind + ("_split" if kind == "wide" and split_k > 1 else "")
+
+
 #: Rows up to which the sampler uses these kernels (one row tile: the weights stream once).
 #: More rows re-read the weights once per 64-row tile, where cuBLAS's products, no longer
 #: bound by the weight reads, are the better choice (not measured above 64 rows).
@@ -233,7 +231,6 @@ def _launch(x, w, w2, norm_w, eps, res, tile, defaults, *, ss=None, norm_out=Non
         tiles = grid[0] * grid[1]
         part = torch.empty((tiles, split_k, block_m, block_n), dtype=torch.float32, device=dev)
         count = arrival_counters(dev, tiles)
-    launch = pdl_launch(dev, pdl)
     _rows_kernel[grid](
         x, w, w if w2 is None else w2, w if norm_w is None else norm_w,
         out if ss is None else ss, out if res is None else res, out,
@@ -245,7 +242,7 @@ def _launch(x, w, w2, norm_w, eps, res, tile, defaults, *, ss=None, norm_out=Non
         NORM_OUT=norm_out is not None, SPLIT_K=split_k,
         BLOCK_T=block_t(ss),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PREC=dot_precision(w.dtype),
-        PDL=bool(launch), num_warps=warps, num_stages=stages, **launch,
+        num_warps=warps, num_stages=stages, **pdl_args(dev, pdl),
     )  # fmt: skip
     return out if norm_out is None else (out, outw, ssout)
 
@@ -310,8 +307,7 @@ def rows_linear(
     if split_k is None:
         split_k = ROWS_SPLIT_K if x.shape[-1] >= 2 * w.shape[0] and norm_w is None else 1
     tile = (block_n, block_k, stages, warps)
-    kind = width(w.shape[0])
-    defaults = ROWS_TILES[kind + ("_split" if kind == "wide" and split_k > 1 else "")]
+    defaults = ROWS_TILES[rows_tile_key(w.shape[0], split_k)]
     return _launch(
         x, w, None, norm_w, eps, res, tile, defaults, ss=ss, norm_out=norm_out,
         split_k=split_k, pdl=pdl,

@@ -39,6 +39,16 @@ except ImportError:  # pragma: no cover - depends on the install
 
 
 _PDL: dict[int, bool] = {}
+#: The oldest CUDA driver whose graphs keep programmatic dependent launches from a stream
+#: capture (12.3).
+PDL_MIN_DRIVER = 12030
+
+
+def _driver_version() -> int:
+    """The CUDA driver's version (12030 for 12.3); where torch does not say, taken as new
+    enough."""
+    get = getattr(torch._C, "_cuda_getDriverVersion", None)
+    return int(get()) if get is not None else PDL_MIN_DRIVER
 
 
 def pdl_launch(device: torch.device, want: bool = True) -> dict:
@@ -53,8 +63,8 @@ def pdl_launch(device: torch.device, want: bool = True) -> dict:
     the kernels before it have finished, as without PDL.
 
     Returns ``{"launch_pdl": True}`` when ``want`` and the device (compute capability >= 9,
-    Hopper) and the installed Triton support it, else ``{}`` (a plain launch; the kernels'
-    ``PDL`` flag must then be False, as :func:`pdl_flag` gives).
+    Hopper), the driver (:data:`PDL_MIN_DRIVER`) and the installed Triton support it, else
+    ``{}`` (a plain launch). :func:`pdl_args` adds the kernels' matching ``PDL`` flag.
     """
     if not want or device.type != "cuda" or gdc_wait is None:
         return {}
@@ -68,9 +78,18 @@ def pdl_launch(device: torch.device, want: bool = True) -> dict:
         except (ImportError, AttributeError):  # pragma: no cover - depends on the install
             fields = {}
         ok = _PDL[index] = (
-            "launch_pdl" in fields and torch.cuda.get_device_capability(index)[0] >= 9
+            "launch_pdl" in fields
+            and torch.cuda.get_device_capability(index)[0] >= 9
+            and _driver_version() >= PDL_MIN_DRIVER
         )
     return {"launch_pdl": True} if ok else {}
+
+
+def pdl_args(device: torch.device, want: bool) -> dict:
+    """A decode kernel's launch arguments for :func:`pdl_launch`: its ``PDL`` flag (whether
+    it must wait first, see :func:`pdl_enter`) and the launch option, which always agree."""
+    launch = pdl_launch(device, want)
+    return {"PDL": bool(launch), **launch}
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -104,6 +123,15 @@ def unsupported_reason(model, *, interpreter_ok: bool = False) -> str | None:
 if triton is not None:
 
     @triton.jit
+    def pdl_enter(PDL: tl.constexpr):
+        """A decode kernel's first instruction: launched early (:func:`pdl_args`), wait until
+        the kernels before have finished and their writes are visible, then let the next
+        kernel launch."""
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
+
+    @triton.jit
     def _decode_attention_kernel(
         q_ptr, k_ptr, v_ptr, valid_ptr, m_ptr, l_ptr, acc_ptr, count_ptr, out_ptr,
         sq_n, sq_h, sk_n, sk_h, sk_s, sv_n, sv_h, sv_s, s_valid, so_n, so_h,
@@ -120,9 +148,7 @@ if triton is not None:
         0, 1, ... (so the result does not depend on which program finished last), and puts the
         counter back to 0 for the next launch.
         """
-        if PDL:  # launched early (pdl_launch): wait for the kernels before
-            gdc_wait()
-            gdc_launch_dependents()
+        pdl_enter(PDL)
         row = tl.program_id(0).to(tl.int64)  # cache offsets can pass 2**31
         kvh = tl.program_id(1)
         sp = tl.program_id(2)
@@ -305,8 +331,10 @@ ATTN_WARPS = 4
 #: From this many (row, KV head) pairs the keys are not split (one program each, no partials
 #: to merge): on an H200, 64 rows x 2 KV heads (the anchor) 8.5 us per layer with 8 splits
 #: against 9.5 with one; 64 rows x 4 KV heads of 128-wide heads (7B) 17.1 us with one against
-#: 23.3 with 8 (``benchmarks/decode_profile.py [--shape=qwen7b]``, 2026-11-28).
+#: 23.3 with 8 (``benchmarks/decode_profile.py [--shape=qwen7b]``, 2026-11-28). Measured with
+#: 320 keys; longer caches (past :data:`ATTN_UNSPLIT_MAX_KEYS`) keep the split.
 ATTN_UNSPLIT_FROM = 256
+ATTN_UNSPLIT_MAX_KEYS = 512
 
 #: Arrival counters of the kernels whose last program merges the others' partial results
 #: (:func:`decode_attention`: one per (row, KV head); split-K ``gemm.rows_linear``: one per
@@ -349,7 +377,8 @@ def decode_attention(
     launch (``splits``, ``block_s``, ``warps``: the tile, for tuning; defaults
     :data:`ATTN_SPLITS`, :data:`ATTN_BLOCK_S`, :data:`ATTN_WARPS`): the keys of each (row, KV
     head) are split over up to :data:`ATTN_SPLITS` programs (none from
-    :data:`ATTN_UNSPLIT_FROM` pairs on), and the last of them to finish merges their partial
+    :data:`ATTN_UNSPLIT_FROM` pairs on, for caches of up to :data:`ATTN_UNSPLIT_MAX_KEYS`
+    keys), and the last of them to finish merges their partial
     softmaxes in a fixed order (the output is bitwise reproducible). Safe to capture in a
     CUDA graph; concurrent calls on different streams of one device are not (they would
     share the arrival counters).
@@ -365,7 +394,8 @@ def decode_attention(
     block_g = max(16, triton.next_power_of_2(g))
     block_s = block_s or ATTN_BLOCK_S
     if splits is None:
-        splits = 1 if n * hkv >= ATTN_UNSPLIT_FROM else ATTN_SPLITS
+        unsplit = n * hkv >= ATTN_UNSPLIT_FROM and s <= ATTN_UNSPLIT_MAX_KEYS
+        splits = 1 if unsplit else ATTN_SPLITS
     splits = max(1, min(splits, triton.cdiv(s, block_s)))
     chunk = triton.cdiv(triton.cdiv(s, splits), block_s) * block_s
     dev = q.device
@@ -380,14 +410,13 @@ def decode_attention(
         acc = torch.empty((n, hkv, splits, block_g, d), dtype=torch.float32, device=dev)
         count = arrival_counters(dev, n * hkv)
     valid = valid.view(torch.uint8)
-    launch = pdl_launch(dev, pdl)
     _decode_attention_kernel[(n, hkv, splits)](
         q, k, v, valid, m, lsum, acc, count, out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), valid.stride(0), out.stride(0), out.stride(1),
         scale, s,
         HKV=hkv, G=g, BLOCK_G=block_g, D=d, BLOCK_S=block_s, CHUNK=chunk, SPLITS=splits,
-        PREC=dot_precision(q.dtype), PDL=bool(launch), num_warps=warps or ATTN_WARPS, **launch,
+        PREC=dot_precision(q.dtype), num_warps=warps or ATTN_WARPS, **pdl_args(dev, pdl),
     )  # fmt: skip
     return out
 

@@ -28,13 +28,11 @@ from __future__ import annotations
 import torch
 
 from steerl.generation.gemm import GATE_UP_MAX_ROWS, block_t
-from steerl.generation.kernels import dot_precision, pdl_launch, tl, triton
+from steerl.generation.kernels import dot_precision, pdl_args, tl, triton
 
 if triton is not None:
     from steerl.generation.gemm import _row_scale  # called in the kernel
-    from steerl.generation.kernels import gdc_launch_dependents, gdc_wait
-
-if triton is not None:
+    from steerl.generation.kernels import pdl_enter
 
     @triton.jit
     def _qkv_rope_kernel(
@@ -49,9 +47,7 @@ if triton is not None:
         """Columns [c, c + BLOCK_H) and D/2 + [c, c + BLOCK_H) of one head, all rows: RMSNorm,
         projection, bias, RoPE (q and k heads) and the store (q, or the cache at ``slot``).
         PDL: launched early (:func:`~steerl.generation.kernels.pdl_launch`), so it waits first."""
-        if PDL:
-            gdc_wait()
-            gdc_launch_dependents()
+        pdl_enter(PDL)
         HALF: tl.constexpr = D // 2
         CHUNKS: tl.constexpr = HALF // BLOCK_H
         pid = tl.program_id(0)
@@ -128,8 +124,10 @@ if triton is not None:
 #: anchor layer (64 rows, 896 -> 14 + 2 * 2 heads of 64) with the norm's input prepared by the
 #: kernel before (``ss``): 6.2 us at (16, 128, 4 stages, 4 warps) against 21.2 for the tensor
 #: ops; (32, 32) 10.4, (32, 64) 9.1 (``benchmarks/decode_profile.py``, 2026-11-28). With the
-#: norm computed in the loop (no ``ss``) (32, 32) was the fastest at 11.1 us, and on a
-#: 3,584-wide layer (28 + 2 * 4 heads of 128) the kernel took 35.0 us against cuBLAS's 28.1.
+#: norm computed in the loop (no ``ss``) (32, 32) was the fastest at 11.1 us. On a
+#: 3,584-wide layer (28 + 2 * 4 heads of 128; ``--shape=qwen7b``) the same tile was the
+#: fastest: 18.4 us against 33.3 for the tensor ops (the norm in the loop: 35.0 against
+#: cuBLAS's 28.1 alone).
 QKV_BLOCK_H = 16
 QKV_BLOCK_K = 128
 QKV_STAGES = 4
@@ -241,7 +239,6 @@ def qkv_rope(
     q = torch.empty((m, n_heads, d), dtype=k_cache.dtype, device=x.device)  # attention's dtype
     block_m = max(16, triton.next_power_of_2(m))
     grid = (heads * (d // 2 // block_h),)
-    launch = pdl_launch(x.device, pdl)
     _qkv_rope_kernel[grid](
         x, norm_w, x if ss is None else ss, w_qkv, w_qkv if b_qkv is None else b_qkv, cos,
         sin_signed, slot, q, k_cache, v_cache, m, k, float(eps), x.stride(0),
@@ -253,7 +250,7 @@ def qkv_rope(
         NQ=n_heads, NKV=n_kv, D=d, HAS_BIAS=b_qkv is not None, PRE=ss is not None,
         PREC=dot_precision(w_qkv.dtype),
         BLOCK_T=block_t(ss),
-        BLOCK_M=block_m, BLOCK_H=block_h, BLOCK_K=block_k, PDL=bool(launch),
-        num_warps=warps or QKV_WARPS, num_stages=stages or QKV_STAGES, **launch,
+        BLOCK_M=block_m, BLOCK_H=block_h, BLOCK_K=block_k,
+        num_warps=warps or QKV_WARPS, num_stages=stages or QKV_STAGES, **pdl_args(x.device, pdl),
     )  # fmt: skip
     return q
