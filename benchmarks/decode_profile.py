@@ -374,6 +374,7 @@ def pick_state(rows: int, cols: int, dev) -> dict[str, torch.Tensor]:
 def check_kernels(dev) -> None:
     """The Triton kernels against tensor ops on random bf16 inputs of the anchor's shapes."""
     from steerl.generation import kernels as K
+    from steerl.generation import race as R
 
     g = torch.Generator(device=dev).manual_seed(1)
     n, hq, hkv, s, d = 64, 14, 2, 320, 64
@@ -394,7 +395,7 @@ def check_kernels(dev) -> None:
     logits = (torch.randn(n, 151936, device=dev, generator=g) * 4).bfloat16()
     state = pick_state(n, 4, dev)
     seed = torch.tensor([5], device=dev)
-    K.race_pick(logits, seed, inv_temp=1.0, greedy=True, pad=0, eos=None, **state)
+    R.race_pick(logits, seed, inv_temp=1.0, greedy=True, pad=0, eos=None, **state)
     z = logits.float()
     ok = torch.equal(state["cur"], z.argmax(-1))
     lp_err = state["logprobs"][:, 0] - z.log_softmax(-1).gather(-1, z.argmax(-1)[:, None])[:, 0]
@@ -405,7 +406,7 @@ def check_kernels(dev) -> None:
     logits = base.expand(rows, vocab).contiguous()
     state = pick_state(rows, 1, dev)
     try:
-        K.race_pick(logits, seed, inv_temp=0.7, greedy=False, pad=0, eos=None, **state)
+        R.race_pick(logits, seed, inv_temp=0.7, greedy=False, pad=0, eos=None, **state)
         freq = torch.bincount(state["cur"], minlength=vocab).double() / rows
         err = (freq - (base * 0.7).double().softmax(-1)).abs().max().item()
         lp = (base * 0.7).log_softmax(-1)[state["cur"]]

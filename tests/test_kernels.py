@@ -16,6 +16,7 @@ from test_generation import _qwen as small_qwen
 from steerl.config import ConfigError, load_config
 from steerl.generation import gemm as G
 from steerl.generation import kernels as K
+from steerl.generation import race as R
 from steerl.generation import static as static_mod
 from steerl.generation.static import StaticSampler
 from steerl.rollout import resolve_kernels
@@ -122,7 +123,7 @@ def test_race_pick_greedy_and_bookkeeping():
     st = _state(5, 4, step=4)  # past the last column: it is overwritten (clamped)
     st["done"][1] = True
     eos = int(want[2])
-    K.race_pick(
+    R.race_pick(
         logits, torch.tensor([0]), inv_temp=0.5, greedy=True, pad=7, eos=eos, splits=2, block=16,
         **st,
     )  # fmt: skip
@@ -146,7 +147,7 @@ def test_race_pick_samples_the_tempered_distribution():
 
     def draw(seed):
         st = _state(rows, 1)
-        K.race_pick(
+        R.race_pick(
             logits, torch.tensor([seed]), inv_temp=1 / 0.8, greedy=False, pad=0, eos=None,
             splits=2, block=4, **st,
         )  # fmt: skip
@@ -281,10 +282,10 @@ def test_race_pick_with_a_vocabulary_of_non_power_of_2_blocks():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(3, 5000, generator=g)
     st = _state(3, 1)
-    K.race_pick(logits, torch.tensor([0]), inv_temp=1.0, greedy=True, pad=0, eos=None, **st)
+    R.race_pick(logits, torch.tensor([0]), inv_temp=1.0, greedy=True, pad=0, eos=None, **st)
     assert torch.equal(st["cur"], logits.argmax(-1))
     with pytest.raises(ValueError, match="power of 2"):
-        K.race_pick(logits, torch.tensor([0]), inv_temp=1.0, greedy=True, pad=0, eos=None,
+        R.race_pick(logits, torch.tensor([0]), inv_temp=1.0, greedy=True, pad=0, eos=None,
                     splits=3, **_state(3, 1))  # fmt: skip
 
 

@@ -44,7 +44,7 @@ from steerl.generation.layers import compiled, eps_of, linear_add, rms, rope
 #: Decode attention: ``sdpa`` (``F.scaled_dot_product_attention``) or ``triton``
 #: (:func:`steerl.generation.kernels.decode_attention`).
 ATTENTION = ("sdpa", "triton")
-#: Sampling: ``torch`` (tensor ops) or ``triton`` (:func:`steerl.generation.kernels.race_pick`).
+#: Sampling: ``torch`` (tensor ops) or ``triton`` (:func:`steerl.generation.race.race_pick`).
 PICK = ("torch", "triton")
 #: The MLP's gated half: ``torch`` or ``triton`` (:func:`steerl.generation.gemm.gate_up_silu`).
 MLP = ("torch", "triton")
@@ -284,8 +284,8 @@ class StaticSampler:
         return self._head(h).float()
 
     def _sample_triton(self, h: torch.Tensor) -> None:
-        """:meth:`_sample` by :func:`steerl.generation.kernels.race_pick` (in-kernel noise)."""
-        from steerl.generation.kernels import race_pick
+        """:meth:`_sample` by :func:`steerl.generation.race.race_pick` (in-kernel noise)."""
+        from steerl.generation.race import race_pick
 
         logits = self._head(h)  # the kernel reads the model dtype
         if self.greedy:  # no draw: greedy decoding leaves every random stream alone
