@@ -264,7 +264,8 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> bool:
     # the implementation flags are this run's, not the writer's: load_state_dict would take
     # fused/foreach from the saved groups (a checkpoint of multi-tensor AdamW would keep the
     # resumed run multi-tensor, with its parameter-sized temporaries)
-    for saved, live in zip(sd["param_groups"], optimizer.param_groups, strict=True):
+    # (a group count that does not match is load_state_dict's error to report)
+    for saved, live in zip(sd["param_groups"], optimizer.param_groups):
         for key in ("fused", "foreach"):
             if key in live:
                 saved[key] = live[key]
