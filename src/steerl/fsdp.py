@@ -18,6 +18,7 @@ parameter gathered, one at a time) before each rollout.
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import torch
@@ -44,6 +45,10 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
+def _layer_param_ids(layers: list[torch.nn.Module]) -> set[int]:
+    return {id(p) for layer in layers for p in layer.parameters()}
+
+
 def shard_layers(model: torch.nn.Module) -> int:
     """FSDP2 over every decoder layer of ``model`` (``fully_shard`` per layer), summing the
     gradients over ranks as :func:`all_reduce_grads` does. The rest (embeddings, final norm,
@@ -61,7 +66,7 @@ def shard_layers(model: torch.nn.Module) -> int:
     from torch.distributed.fsdp import fully_shard
 
     layers = decoder_layers(model)
-    in_layers = {id(p) for layer in layers for p in layer.parameters()}
+    in_layers = _layer_param_ids(layers)
     for layer in layers:
         fully_shard(layer)
         layer.set_gradient_divide_factor(1.0)  # sum, as the loss denominators are global
@@ -88,12 +93,7 @@ def shard_layers(model: torch.nn.Module) -> int:
 def _holder(model: torch.nn.Module, layers: list[torch.nn.Module]) -> torch.nn.Module:
     """The innermost module with a forward of its own that contains all of ``layers``."""
     names = [n.split(".") for n, m in model.named_modules() if any(m is x for x in layers)]
-    prefix = names[0]
-    for n in names[1:]:
-        same = 0
-        while same < min(len(prefix), len(n)) and prefix[same] == n[same]:
-            same += 1
-        prefix = prefix[:same]
+    prefix = os.path.commonprefix(names)  # element-wise: the common leading name parts
     while prefix:
         module = model.get_submodule(".".join(prefix))
         if (
@@ -118,7 +118,7 @@ class RolloutWeights:
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        in_layers = {id(p) for layer in decoder_layers(model) for p in layer.parameters()}
+        in_layers = _layer_param_ids(decoder_layers(model))
         shared = {id(p): p for p in model.parameters() if id(p) not in in_layers}
         self.model = copy.deepcopy(model, memo=dict(shared)).eval()  # the memo: not copied
         for p in self.model.parameters():

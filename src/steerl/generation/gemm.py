@@ -7,15 +7,15 @@ here streams a weight matrix (or the gated MLP's two) once, with the work around
 folded in:
 
 - the RMSNorm before it: ``rms_norm(x) W^T = r * ((x * w_norm) W^T)`` with the row scale
-  ``r = rsqrt(mean(x^2) + eps)`` applied to the float32 accumulator at the end (the sums of
-  squares accumulate in the same pass over ``x``);
+  ``r = rsqrt(mean(x^2) + eps)`` applied to the float32 accumulator at the end; either
+  computed here (``norm_w``: the sums of squares accumulate in the same pass over ``x``) or
+  handed over by the kernel before (``ss``: ``x`` already times ``w_norm``, with its rows'
+  partial sums of squares, as :func:`rows_linear`'s ``norm_out`` prepares them);
 - the SiLU gating of the MLP's two products (:func:`gate_up_silu`);
 - the residual add after it (:func:`rows_linear`'s ``res``).
 
-A Llama/Qwen2 decode layer is then :func:`steerl.generation.qkv.qkv_rope`, the attention,
-``rows_linear(o, W_o, res=h)``, ``gate_up_silu(h, W_gate, W_up, norm_w=...)`` and
-``rows_linear(a, W_down, res=h)``. Tests run them on the CPU through Triton's interpreter
-(``TRITON_INTERPRET=1``).
+The fused decode layer (:mod:`steerl.generation.fused`) chains them with the hand-over.
+Tests run them on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations

@@ -270,10 +270,9 @@ def decode_attention(
     :data:`ATTN_SPLITS`, :data:`ATTN_BLOCK_S`, :data:`ATTN_WARPS`): the keys of each (row, KV
     head) are split over up to :data:`ATTN_SPLITS` programs (none from
     :data:`ATTN_UNSPLIT_FROM` pairs on, for caches of up to :data:`ATTN_UNSPLIT_MAX_KEYS`
-    keys), and the last of them to finish merges their partial
-    softmaxes in a fixed order (the output is bitwise reproducible). Safe to capture in a
-    CUDA graph; concurrent calls on different streams of one device are not (they would
-    share the arrival counters).
+    keys), and the last of them to finish merges their partial softmaxes in a fixed order
+    (the output is bitwise reproducible). Safe to capture in a CUDA graph; concurrent calls
+    on different streams of one device are not (they would share the arrival counters).
     ``pdl``: launched early where supported (:func:`pdl_launch`).
     """
     n, hq, d = q.shape
