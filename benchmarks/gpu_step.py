@@ -229,7 +229,7 @@ def anchor_overrides(args, anchor: Path) -> list[str]:
 
 
 def run_steerl(args, anchor: Path, name: str, extra: list[str], snapshot: bool = False) -> dict:
-    from steerl.generation.static import clear_cache
+    from steerl.generation.samplers import clear_cache
     from steerl.trainer import Trainer
 
     cfg = load_config("default", [*anchor_overrides(args, anchor), "optim.lr=1e-6", *extra])
@@ -385,7 +385,7 @@ def check_sampler(args, anchor: Path) -> str:
     (on CUDA: the fused Triton layers): logprobs vs teacher-forced forwards, same seed."""
     from transformers import AutoModelForCausalLM
 
-    from steerl.generation.static import clear_cache
+    from steerl.generation.samplers import clear_cache
     from steerl.logprobs import completion_logprobs
     from steerl.rollout import encode_prompts, generate, resolve_kernels
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from steerl.config import ConfigError, load_config
+from steerl.generation import samplers
 from steerl.generation import static as static_mod
 from steerl.generation.static import StaticSampler, unsupported_reason
 from steerl.logprobs import gather_logprobs
@@ -71,9 +72,9 @@ def _full_logprobs(model, batch, temperature: float = 1.0) -> torch.Tensor:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    static_mod.clear_cache()
+    samplers.clear_cache()
     yield
-    static_mod.clear_cache()
+    samplers.clear_cache()
 
 
 # --------------------------------------------------------------------------- correctness
@@ -200,7 +201,7 @@ def test_one_sampler_serves_prompts_of_different_widths():
         eager = _gen(model, ids, mask, greedy=True)
         fast = _gen(model, ids, mask, greedy=True, backend="static")
         assert torch.equal(eager.completion_ids, fast.completion_ids)
-    assert len(static_mod._SAMPLERS) == 1  # widths bucketed to 64: one cache, one graph
+    assert len(samplers._SAMPLERS) == 1  # widths bucketed to 64: one cache, one graph
 
 
 def test_sampler_sees_weight_updates_and_rebuilds_when_replaced():
@@ -213,7 +214,7 @@ def test_sampler_sees_weight_updates_and_rebuilds_when_replaced():
     after = _gen(model, ids, mask, greedy=True, backend="static")
     assert not torch.equal(before.completion_ids, after.completion_ids)
     assert torch.equal(after.completion_ids, _gen(model, ids, mask, greedy=True).completion_ids)
-    sampler = next(iter(static_mod._SAMPLERS.values()))
+    sampler = next(iter(samplers._SAMPLERS.values()))
     model.model.norm.weight = torch.nn.Parameter(model.model.norm.weight.detach() * 2)
     assert not sampler.is_valid_for(model)  # a new tensor: the cached graph would be stale
     again = _gen(model, ids, mask, greedy=True, backend="static")
@@ -225,8 +226,8 @@ def test_one_off_sampler_neither_evicts_nor_duplicates_the_cached_ones(monkeypat
     kept = [_prompts(n=n) for n in (4, 5)]  # two shapes: the cache is full (_KEEP = 2)
     for ids, mask in kept:
         _gen(model, ids, mask, greedy=True, backend="static")
-    cached = dict(static_mod._SAMPLERS)
-    assert len(cached) == static_mod._KEEP
+    cached = dict(samplers._SAMPLERS)
+    assert len(cached) == samplers._KEEP
     built = []
     init = static_mod.StaticSampler.__init__
     monkeypatch.setattr(
@@ -236,11 +237,11 @@ def test_one_off_sampler_neither_evicts_nor_duplicates_the_cached_ones(monkeypat
     )
     ids, mask = _prompts(n=6)  # a third shape, once: built, run, not cached
     one_off = _gen(model, ids, mask, greedy=True, backend="static", keep_sampler=False)
-    assert built == [6] and static_mod._SAMPLERS == cached
+    assert built == [6] and samplers._SAMPLERS == cached
     assert torch.equal(one_off.completion_ids, _gen(model, ids, mask, greedy=True).completion_ids)
     ids, mask = kept[0]  # a cached shape: the cached sampler serves it
     _gen(model, ids, mask, greedy=True, backend="static", keep_sampler=False)
-    assert built == [6] and static_mod._SAMPLERS == cached
+    assert built == [6] and samplers._SAMPLERS == cached
 
 
 # --------------------------------------------------------------------------- backend choice
@@ -288,4 +289,4 @@ def test_evaluation_decodes_with_the_rollout_backend_and_frees_it(tiny_config, t
         acc = fast.evaluate()
     assert calls and all(n == calls[0] for n in calls)  # padded to one shape
     assert acc == eager.evaluate()  # greedy: the same completions, the same accuracy
-    assert not static._SAMPLERS  # nothing kept after evaluation
+    assert not samplers._SAMPLERS  # nothing kept after evaluation

@@ -17,7 +17,7 @@ from steerl.config import ConfigError, load_config
 from steerl.generation import gemm as G
 from steerl.generation import kernels as K
 from steerl.generation import race as R
-from steerl.generation import static as static_mod
+from steerl.generation import samplers
 from steerl.generation.static import StaticSampler
 from steerl.rollout import resolve_kernels
 
@@ -41,9 +41,9 @@ def _run(model, greedy: bool, seed: int = 3, compiled: bool = False, **kw):
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    static_mod.clear_cache()
+    samplers.clear_cache()
     yield
-    static_mod.clear_cache()
+    samplers.clear_cache()
 
 
 # --------------------------------------------------------------------------- kernels
@@ -330,10 +330,10 @@ def test_rollout_pdl_reaches_the_static_sampler():
     model = _qwen()
     ids, mask = _prompts()
     for pdl in (False, True):
-        static_mod.clear_cache()
+        samplers.clear_cache()
         generate(model, ids, mask, max_new_tokens=3, eos_token_id=2, pad_token_id=0,
                  backend="static", pdl=pdl)  # fmt: skip
-        assert next(iter(static_mod._SAMPLERS.values())).pdl is pdl
+        assert next(iter(samplers._SAMPLERS.values())).pdl is pdl
     assert load_config("default", ["rollout.pdl=false"]).rollout.pdl is False
     with pytest.raises(ConfigError, match=r"rollout\.pdl"):
         load_config("default", ["rollout.pdl=sometimes"])

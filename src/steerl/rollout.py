@@ -205,7 +205,7 @@ def generate(
     )
     try:
         if backend == "static":
-            from steerl.generation.static import static_generate
+            from steerl.generation.samplers import static_generate
 
             tokens, logprobs, _ = static_generate(
                 model,
